@@ -1,0 +1,48 @@
+"""Environments: ``make_env(cfg)`` for ``dmc/``, ``metaworld/``, ``gym/`` and registered names.
+
+Quick start::
+
+    from envs import EnvConfig, make_env
+
+    env = make_env(EnvConfig("dmc/walker-walk", seed=1))   # repeat 2, 1000 env steps = 500 decisions
+    obs, info = env.reset()
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    frame = env.render()                                     # (224, 224, 3) uint8
+    env.close()                                              # frees the EGL context
+
+Rendering is headless by default: ``MUJOCO_GL`` is set to ``egl`` here unless already set (set it to
+``osmesa`` or ``glfw`` before importing this package to override). Suite packages (dm_control,
+metaworld) are imported only when an env of that suite is made.
+"""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+# gymnasium's classic-control renderers use pygame/SDL: draw off-screen, never open a window.
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+from envs.registry import (  # noqa: E402  (MUJOCO_GL must be set before anything imports mujoco)
+    BUILTIN_SUITES,
+    SUITE_DEFAULTS,
+    EnvConfig,
+    list_envs,
+    make_env,
+    register_env,
+    resolve_defaults,
+    unregister_env,
+    valid_prefixes,
+)
+from envs.wrappers import ResolvedEnv  # noqa: E402
+
+__all__ = [
+    "BUILTIN_SUITES",
+    "SUITE_DEFAULTS",
+    "EnvConfig",
+    "ResolvedEnv",
+    "list_envs",
+    "make_env",
+    "register_env",
+    "resolve_defaults",
+    "unregister_env",
+    "valid_prefixes",
+]

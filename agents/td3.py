@@ -1,0 +1,158 @@
+"""TD3 on latent states with a REDQ-style critic ensemble, shared by iQRL and DC-MPC."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.common import linear_schedule, optimizer_step
+from world_models.nn import EnsembleMLP, mlp, soft_update
+
+
+@dataclass
+class TD3Config:
+    """Actor-critic hyperparameters (iQRL / DC-MPC defaults)."""
+
+    mlp_dims: list[int] = field(default_factory=lambda: [512, 512])
+    num_critics: int = 5
+    q_sample_size: int = 2  # critics drawn at random for the min in the target and the actor's mean
+    gamma: float = 0.99
+    tau: float = 0.005
+    lr: float = 3e-4
+    policy_noise: float = 0.2
+    noise_clip: float = 0.3
+    actor_update_freq: int = 2
+    nstep: int = 1
+    grad_clip: float = 20.0
+    explore_std_start: float = 1.0
+    explore_std_end: float = 0.1
+    explore_episodes: int = 50  # exploration std decays linearly over this many episodes
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "num_critics": self.num_critics >= 1,
+            "q_sample_size": 1 <= self.q_sample_size <= self.num_critics,
+            "gamma": 0.0 < self.gamma <= 1.0,
+            "tau": 0.0 < self.tau <= 1.0,
+            "lr": self.lr > 0,
+            "actor_update_freq": self.actor_update_freq >= 1,
+            "nstep": self.nstep >= 1,
+            "policy_noise": self.policy_noise >= 0,
+            "noise_clip": self.noise_clip >= 0,
+            "explore_episodes": self.explore_episodes >= 0,
+            "mlp_dims": len(self.mlp_dims) >= 1 and all(d >= 1 for d in self.mlp_dims),
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            vals = {k: getattr(self, k) for k in bad}
+            raise ValueError(f"invalid hyperparameter(s) {vals} (q_sample_size must be in [1, num_critics])")
+
+
+class TD3(nn.Module):
+    """Deterministic actor ``pi(z)`` (tanh) and ``E`` critics ``Q_e(z, a)`` on detached latents ``z``.
+
+    Critic target (n-step, REDQ-style min over ``M`` random target critics)::
+
+        y = sum_{i<n} gamma^i r_{t+i} + gamma^n (1 - term) min_{e in M} Qbar_e(z_{t+n}, pibar(z_{t+n}) + eps)
+        eps = clip(N(0, policy_noise^2), -noise_clip, noise_clip)
+
+    All critics regress onto ``y``; the actor maximises the mean of ``M`` random online critics and is
+    updated every ``actor_update_freq`` critic steps. Targets track by Polyak averaging with ``tau``.
+    """
+
+    def __init__(self, latent_dim: int, action_dim: int, cfg: TD3Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.action_dim = action_dim
+        self.actor = mlp(latent_dim, cfg.mlp_dims, action_dim)
+        self.critic = EnsembleMLP(cfg.num_critics, latent_dim + action_dim, cfg.mlp_dims, 1)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.num_critic_updates = 0
+
+    def pi(self, z: Tensor, target: bool = False) -> Tensor:
+        return torch.tanh((self.actor_target if target else self.actor)(z))
+
+    def q(self, z: Tensor, a: Tensor, target: bool = False) -> Tensor:
+        """All critics' values ``[E, N]``."""
+        net = self.critic_target if target else self.critic
+        return net(torch.cat([z, a], -1)).squeeze(-1)
+
+    def _subset(self) -> Tensor:
+        return torch.randperm(self.cfg.num_critics, device=self.actor[0].weight.device)[: self.cfg.q_sample_size]
+
+    def q_mean_random(self, z: Tensor, a: Tensor) -> Tensor:
+        """Mean of ``q_sample_size`` randomly chosen online critics ``[N]`` (planning value, actor loss)."""
+        return self.q(z, a)[self._subset()].mean(0)
+
+    def explore_std(self, episode: int) -> float:
+        c = self.cfg
+        return linear_schedule(c.explore_std_start, c.explore_std_end, c.explore_episodes, episode)
+
+    def add_exploration_noise(self, a: Tensor, std: float) -> Tensor:
+        return (a + std * torch.randn_like(a)).clamp(-1.0, 1.0)
+
+    def update(self, z: Tensor, action: Tensor, ret: Tensor, discount: Tensor, z_next: Tensor) -> dict[str, float]:
+        """One critic step (and every ``actor_update_freq``-th call an actor step) on a batch.
+
+        ``ret`` is the n-step discounted reward sum, ``discount`` = gamma^n (1 - terminated).
+        """
+        c = self.cfg
+        with torch.no_grad():
+            eps = (torch.randn_like(action) * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
+            a_next = (self.pi(z_next, target=True) + eps).clamp(-1.0, 1.0)
+            q_next = self.q(z_next, a_next, target=True)[self._subset()].min(0).values
+            y = ret + discount * q_next
+        q = self.q(z, action)
+        critic_loss = F.mse_loss(q, y.expand_as(q))
+        metrics = {
+            "critic_loss": critic_loss.item(),
+            "q_mean": q.mean().item(),
+            "critic_grad_norm": optimizer_step(
+                "critic_loss", critic_loss, self.critic_opt, self.critic.parameters(), c.grad_clip
+            ),
+        }
+        self.num_critic_updates += 1
+        if self.num_critic_updates % c.actor_update_freq == 0:
+            self.critic.requires_grad_(False)
+            actor_loss = -self.q_mean_random(z, self.pi(z)).mean()
+            metrics["actor_grad_norm"] = optimizer_step(
+                "actor_loss", actor_loss, self.actor_opt, self.actor.parameters(), c.grad_clip
+            )
+            self.critic.requires_grad_(True)
+            metrics["actor_loss"] = actor_loss.item()
+            soft_update(self.actor_target, self.actor, c.tau)
+        soft_update(self.critic_target, self.critic, c.tau)
+        return metrics
+
+    def extra_state(self) -> dict:
+        return {
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "num_critic_updates": self.num_critic_updates,
+        }
+
+    def load_extra_state(self, state: dict) -> None:
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.num_critic_updates = int(state["num_critic_updates"])
+
+
+def nstep_targets(reward: Tensor, terminated: Tensor, gamma: float, n: int) -> tuple[Tensor, Tensor]:
+    """n-step return ``sum_{i<n} gamma^i r_i`` and bootstrap factor ``gamma^n (1 - term_{n-1})``.
+
+    Windows never cross an episode boundary, so a terminal transition can only be the window's last;
+    ``terminated[:, n-1]`` therefore decides whether to bootstrap.
+    """
+    powers = gamma ** torch.arange(n, dtype=reward.dtype, device=reward.device)
+    ret = (reward[:, :n] * powers).sum(1)
+    discount = (gamma**n) * (1.0 - terminated[:, n - 1])
+    return ret, discount

@@ -1,0 +1,132 @@
+"""Train an agent: ``python train.py agent=iqrl env=dmc/walker-walk seed=1``.
+
+Resume a run from its latest checkpoint: ``python train.py resume=<run_dir>`` (optionally with
+``trainer.steps=N`` to extend it). Sweep seeds locally: ``python train.py -m seed=1,2,3``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from training.checkpoint import CheckpointError, load_checkpoint
+from training.logger import Logger
+from training.setup import (
+    build_agent,
+    build_buffer,
+    build_env,
+    setup_process,
+    trainer_config,
+    wandb_id,
+)
+from training.trainer import Trainer, TrainingStopped
+
+
+def _resume_config(cfg: DictConfig) -> tuple[DictConfig, object]:
+    ckpt = load_checkpoint(cfg.resume)
+    saved = OmegaConf.create(ckpt.config_yaml)
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key == "trainer.steps":
+            saved.trainer.steps = int(value)
+        elif key not in ("resume",):
+            print(f"resume: ignoring override {o!r}; a resumed run keeps its saved config", file=sys.stderr)
+    return saved, ckpt
+
+
+class SetupError(Exception):
+    """Bad input found before training starts (config, names, checkpoint)."""
+
+
+def run(cfg: DictConfig) -> dict | None:
+    try:
+        ckpt = None
+        if cfg.resume:
+            cfg, ckpt = _resume_config(cfg)
+        run_dir = Path(cfg.run_dir)
+        if cfg.wandb.id is None:
+            cfg.wandb.id = wandb_id(run_dir)
+        device = setup_process(cfg)
+        tcfg = trainer_config(cfg)
+        env = build_env(cfg)
+    except (CheckpointError, ValueError) as e:
+        raise SetupError(str(e)) from e
+    eval_env = build_env(cfg, seed_offset=10_000)
+    try:
+        try:
+            agent = build_agent(cfg, env, device)
+        except ValueError as e:
+            raise SetupError(str(e)) from e
+        run_dir.mkdir(parents=True, exist_ok=True)
+        buffer = build_buffer(cfg, env, run_dir)
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        if ckpt is None:
+            (run_dir / "config.yaml").write_text(config_yaml)
+        n_params = sum(p.numel() for p in agent.nets.parameters())
+        print(
+            f"run {run_dir} | agent {cfg.agent.name} ({n_params / 1e6:.2f}M params) on {device} | env {cfg.env} "
+            f"obs {env.observation_space.shape} act {env.action_space.shape} | buffer {buffer.capacity} "
+            f"transitions, {buffer.nbytes / 2**20:.0f} MiB ({cfg.buffer.storage})"
+        )
+        logger = Logger(
+            run_dir,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            run_id=cfg.wandb.id,
+            wandb_mode=cfg.wandb.mode,
+            wandb_project=cfg.wandb.project,
+            wandb_group=cfg.wandb.group,
+            resume_step=ckpt.step if ckpt is not None else None,
+            title=f"{cfg.agent.name} on {cfg.env} (seed {cfg.seed})",
+        )
+        trainer = Trainer(
+            tcfg,
+            agent=agent,
+            env=env,
+            eval_env=eval_env,
+            buffer=buffer,
+            logger=logger,
+            run_dir=run_dir,
+            config_yaml=config_yaml,
+            seed=int(cfg.seed),
+        )
+        if ckpt is not None:
+            try:
+                trainer.load_state_dict(ckpt.state, ckpt.buffer)
+            except (KeyError, RuntimeError, ValueError) as e:
+                raise SetupError(f"{ckpt.path}: does not match this run's agent/buffer ({e})") from e
+            print(f"resumed from {ckpt.path} at env step {trainer.env_step}")
+        try:
+            final = trainer.train()
+        finally:
+            logger.close()
+        if final is not None:
+            print(
+                f"done: {trainer.env_step} env steps | final eval return {final['return_mean']:.1f} "
+                f"± {final['return_std']:.1f} | run dir {run_dir}"
+            )
+        return final
+    finally:
+        env.close()
+        eval_env.close()
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        final = run(cfg)
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    return None if final is None else final["return_mean"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""iQRL representation: FSQ-quantised latents trained only by latent self-consistency."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from torch import Tensor, nn
+
+from world_models.nn import mlp, soft_update
+from world_models.quantizers import FSQ
+
+
+@dataclass
+class IQRLModelConfig:
+    latent_groups: int = 512
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 8])
+    enc_mlp_dims: list[int] = field(default_factory=lambda: [256])
+    dyn_mlp_dims: list[int] = field(default_factory=lambda: [512, 512])
+    horizon: int = 5
+    rho: float = 0.9
+    enc_tau: float = 0.005
+    # +1 reproduces the public code's sign (minimises cosine similarity); -1 is the paper's intent.
+    cosine_sign: float = -1.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "latent_groups": self.latent_groups >= 1,
+            "horizon": self.horizon >= 1,
+            "rho": 0.0 < self.rho <= 1.0,
+            "enc_tau": 0.0 < self.enc_tau <= 1.0,
+            "cosine_sign": self.cosine_sign in (-1.0, 1.0),
+        }
+        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
+        if bad:
+            raise ValueError(f"invalid iQRL world-model hyperparameter(s) {bad}")
+        FSQ(self.fsq_levels, 1)  # validates the levels
+
+
+class IQRLWorldModel(nn.Module):
+    """Encoder ``e`` -> FSQ ``f``, with a residual latent dynamics model ``d`` (not used for planning).
+
+    ``z_0 = f(e(o_t))``, ``z_{h+1} = f(z_h + d(z_h, a_{t+h}))``, trained to match a momentum
+    (EMA) encoder's quantised latent of the real next observations::
+
+        L = (1/H) sum_{h<H} rho^h * mean_batch[ sign * cos(z_{h+1}, f(ebar(o_{t+h+1}))) ],  sign = -1
+
+    Gradients flow through every rollout step via FSQ's straight-through estimator. There is no
+    reward or reconstruction term: the representation is task-agnostic.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: IQRLModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fsq = FSQ(cfg.fsq_levels, cfg.latent_groups)
+        self.latent_dim = self.fsq.dim
+        self.encoder = mlp(obs_dim, cfg.enc_mlp_dims, self.latent_dim)
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.dynamics = mlp(self.latent_dim + action_dim, cfg.dyn_mlp_dims, self.latent_dim)
+
+    def encode(self, obs: Tensor, target: bool = False) -> Tensor:
+        return self.fsq((self.target_encoder if target else self.encoder)(obs))
+
+    def next(self, z: Tensor, a: Tensor) -> Tensor:
+        return self.fsq(z + self.dynamics(torch.cat([z, a], -1)))
+
+    def loss(self, batch: TensorDict) -> tuple[Tensor, dict[str, float]]:
+        H = self.cfg.horizon
+        obs, action = batch["obs"], batch["action"]
+        with torch.no_grad():
+            targets = self.encode(obs[:, 1 : H + 1], target=True)
+        z = self.encode(obs[:, 0])
+        loss = obs.new_zeros(())
+        cos_first = None
+        for h in range(H):
+            z = self.next(z, action[:, h])
+            cos = F.cosine_similarity(z, targets[:, h], dim=-1).mean()
+            cos_first = cos if cos_first is None else cos_first
+            loss = loss + self.cfg.rho**h * self.cfg.cosine_sign * cos
+        loss = loss / H
+        return loss, {"consistency_loss": loss.item(), "cos_sim_h1": cos_first.item(), "cos_sim_hH": cos.item()}
+
+    def update_target(self) -> None:
+        soft_update(self.target_encoder, self.encoder, self.cfg.enc_tau)
+
+
+@torch.no_grad()
+def collapse_metrics(z: Tensor, fsq: FSQ, tols: tuple[float, ...] = (1e-1, 1e-2, 1e-3)) -> dict[str, float]:
+    """Dimensional-collapse measures of a batch of quantised latents ``z [N, D]`` (iQRL paper).
+
+    ``rank@tol`` counts singular values above ``max(tol, tol * sigma_max)``; ``code_usage`` is the
+    share of each group's codes used by the batch, averaged over groups.
+    """
+    zd = z.double().cpu()
+    out = {}
+    for tol in tols:
+        out[f"rank@{tol:g}"] = float(torch.linalg.matrix_rank(zd, atol=tol, rtol=tol))
+    idx = fsq.codes_to_indices(z).cpu()  # [N, G]
+    used = torch.zeros(idx.shape[1], fsq.codebook_size, dtype=torch.bool)
+    used.scatter_(1, idx.T, True)
+    out["code_usage"] = float(used.float().mean(1).mean())
+    return out
