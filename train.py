@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.logger import Logger
@@ -54,13 +55,13 @@ def run(cfg: DictConfig) -> dict | None:
         device = setup_process(cfg)
         tcfg = trainer_config(cfg)
         env = build_env(cfg)
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, OmegaConfBaseException) as e:
         raise SetupError(str(e)) from e
     eval_env = build_env(cfg, seed_offset=10_000)
     try:
         try:
             agent = build_agent(cfg, env, device)
-        except ValueError as e:
+        except (ValueError, OmegaConfBaseException) as e:
             raise SetupError(str(e)) from e
         run_dir.mkdir(parents=True, exist_ok=True)
         buffer = build_buffer(cfg, env, run_dir)

@@ -21,19 +21,31 @@ from training.trainer import TrainerConfig
 SIZES = ("auto", "paper", "small")
 
 
-def agent_hparams(agent_cfg: DictConfig, device: torch.device) -> dict[str, Any]:
-    """The agent's hparams with its size preset applied (``auto``: paper on CUDA, small on CPU)."""
-    size = agent_cfg.get("size", "paper")
+def resolve_size(size: str, device: str) -> str:
+    """``auto`` -> ``paper`` when the run will use CUDA, else ``small``."""
     if size not in SIZES:
         raise ValueError(f"agent.size must be one of {SIZES}, got {size!r}")
     if size == "auto":
-        size = "paper" if device.type == "cuda" else "small"
-    hp = OmegaConf.to_container(agent_cfg.hparams, resolve=True)
-    presets = OmegaConf.to_container(agent_cfg.get("presets", {}), resolve=True) or {}
-    if size not in presets:
-        raise ValueError(f"agent {agent_cfg.name!r} has no size preset {size!r}; presets: {sorted(presets)}")
-    hp.update(presets[size] or {})
-    return hp
+        return "paper" if resolve_device(device).type == "cuda" else "small"
+    return size
+
+
+def _sized(paper: Any, small: Any, *, _root_: DictConfig) -> Any:
+    """``${sized:<paper value>,<small value>}``: pick by ``agent.size`` (and ``device`` for auto).
+
+    A value set explicitly (``agent.hparams.batch_size=64``) replaces the interpolation, so explicit
+    settings always win over the size preset.
+    """
+    return paper if resolve_size(str(_root_.agent.size), str(_root_.device)) == "paper" else small
+
+
+if not OmegaConf.has_resolver("sized"):
+    OmegaConf.register_new_resolver("sized", _sized)
+
+
+def agent_hparams(agent_cfg: DictConfig) -> dict[str, Any]:
+    """The agent's hyperparameters with size presets resolved to plain values."""
+    return OmegaConf.to_container(agent_cfg.hparams, resolve=True)
 
 
 def env_config(cfg: DictConfig, seed_offset: int = 0) -> dict[str, Any]:
@@ -55,9 +67,10 @@ def setup_process(cfg: DictConfig) -> torch.device:
 
 
 def build_agent(cfg: DictConfig, env: gym.Env, device: torch.device) -> Agent:
+    resolve_size(str(cfg.agent.size), str(cfg.device))  # reject a bad size even if nothing uses it
     obs_dim = int(np.prod(env.observation_space.shape))
     action_dim = int(np.prod(env.action_space.shape))
-    return make_agent(cfg.agent.name, obs_dim, action_dim, agent_hparams(cfg.agent, device), device)
+    return make_agent(cfg.agent.name, obs_dim, action_dim, agent_hparams(cfg.agent), device)
 
 
 def build_buffer(cfg: DictConfig, env: gym.Env, run_dir: Path) -> ReplayBuffer:

@@ -1,0 +1,63 @@
+"""Shared helpers: a tiny but real training configuration, in-process and as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import training.setup  # noqa: F401  (registers the ${sized:...} resolver)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A real iQRL run on gym/Pendulum-v1 (200-step episodes), shrunk so one run takes seconds on CPU.
+TINY = [
+    "env=gym/Pendulum-v1",
+    "agent=iqrl",
+    "agent.size=small",
+    "agent.hparams.latent_groups=8",
+    "agent.hparams.mlp_dims=[32,32]",
+    "agent.hparams.dyn_mlp_dims=[32,32]",
+    "agent.hparams.batch_size=16",
+    "agent.hparams.enc_mlp_dims=[32]",
+    "agent.hparams.num_critics=2",
+    "trainer.steps=1200",
+    "trainer.seed_steps=400",
+    "trainer.utd_ratio=0.5",
+    "trainer.eval_every=400",
+    "trainer.eval_episodes=1",
+    "trainer.checkpoint_every=400",
+    "trainer.video=none",
+    "trainer.progress_bar=false",
+    "trainer.diagnostics_samples=64",
+    "buffer.capacity=5000",
+    "wandb.mode=disabled",
+    "threads=1",
+]
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def run_script(script: str, args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=kw.pop("cwd", ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kw,
+    )
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)
