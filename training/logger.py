@@ -83,6 +83,9 @@ class Logger:
                 log.truncate_after(resume_step)
         self._wandb = None
         if wandb_mode != "disabled":
+            # Our top-level package is named ``agents``, which wandb mistakes for an LLM-agents SDK
+            # and answers with an advert for its tracing product; this is no LLM code.
+            os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
             import wandb
 
             self._wandb = wandb.init(

@@ -224,6 +224,8 @@ class Trainer:
             else None
         )
         final = None
+        if self.env_step < c.steps:  # a finished run resumed with a larger trainer.steps goes on
+            self.finished = False
         try:
             while self.env_step < c.steps:
                 ep = self._collect_episode()
