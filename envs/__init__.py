@@ -46,3 +46,6 @@ __all__ = [
     "unregister_env",
     "valid_prefixes",
 ]
+
+# Task families (cheetah_vel/..., walker_mass/..., ml1_reach/...) register their task ids on import.
+import envs.task_families  # noqa: E402, F401

@@ -31,6 +31,7 @@ def evaluate(
     If ``video_path`` is given the first episode is rendered and written there as mp4.
     """
     returns, successes, lengths = [], [], []
+    reports_success = False
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(episodes):
@@ -42,7 +43,9 @@ def evaluate(
                 action = agent.act(obs, eval_mode=True, step=step)
                 obs, reward, terminated, truncated, info = env.step(action)
                 ep_ret += float(reward)
-                success = max(success, float(info.get("success", 0.0)))
+                if "success" in info:
+                    reports_success = True
+                    success = max(success, float(info["success"]))
                 done = terminated or truncated
                 t += 1
                 if frames is not None:
@@ -58,7 +61,7 @@ def evaluate(
         "episode_length": float(np.mean(lengths)),
         "returns": returns,
     }
-    if getattr(env, "suite", None) == "metaworld":
+    if reports_success:  # Meta-World and any env that reports info["success"]
         out["success_rate"] = float(np.mean(successes))
         out["successes"] = successes
     return out

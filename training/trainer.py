@@ -147,7 +147,7 @@ class Trainer:
     def _collect_episode(self) -> dict[str, float]:
         self.agent.begin_episode(self.episode)
         obs, _ = self.env.reset(seed=self.seed + self.episode)
-        ep_ret, success, decisions, done = 0.0, 0.0, 0, False
+        ep_ret, success, decisions, done = 0.0, None, 0, False
         t0 = time.perf_counter()
         while not done:
             if self.env_step < self.cfg.seed_steps:
@@ -159,7 +159,8 @@ class Trainer:
             self.buffer.add(obs, action, reward, next_obs, terminated, episode_end=done)
             obs = next_obs
             ep_ret += float(reward)
-            success = max(success, float(info.get("success", 0.0)))
+            if "success" in info:
+                success = max(success or 0.0, float(info["success"]))
             decisions += 1
             self.env_step += self.action_repeat
             if self.pbar is not None:
@@ -168,7 +169,7 @@ class Trainer:
         self.pending_decisions += decisions
         dt = time.perf_counter() - t0
         out = {"episode": self.episode, "episode_return": ep_ret, "episode_length": decisions}
-        if getattr(self.env, "suite", None) == "metaworld":
+        if success is not None:
             out["episode_success"] = success
         out["env_steps_per_s"] = decisions * self.action_repeat / max(dt, 1e-9)
         return out
