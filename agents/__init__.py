@@ -16,7 +16,13 @@ def _iqrl():
     return IQRLAgent, IQRLConfig
 
 
-AGENTS = {"iqrl": _iqrl}
+def _dcmpc():
+    from agents.dcmpc import DCMPCAgent, DCMPCConfig
+
+    return DCMPCAgent, DCMPCConfig
+
+
+AGENTS = {"iqrl": _iqrl, "dcmpc": _dcmpc}
 
 
 def make_agent(

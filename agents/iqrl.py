@@ -11,7 +11,8 @@ from torch import nn
 
 from agents.common import optimizer_step
 from agents.td3 import TD3, TD3Config, nstep_targets
-from world_models.iqrl import IQRLModelConfig, IQRLWorldModel, collapse_metrics
+from world_models.diagnostics import collapse_metrics
+from world_models.iqrl import IQRLModelConfig, IQRLWorldModel
 
 
 @dataclass

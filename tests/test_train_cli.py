@@ -187,6 +187,7 @@ def test_multirun_sweeps_seeds_locally(tmp_path):
         "train.py",
         ["-m", *TINY, "trainer.steps=400", "seed=1,2", f"run_dir={tmp_path}/s${{seed}}"],
         timeout=300,
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     for s in (1, 2):

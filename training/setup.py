@@ -70,7 +70,11 @@ def build_agent(cfg: DictConfig, env: gym.Env, device: torch.device) -> Agent:
     resolve_size(str(cfg.agent.size), str(cfg.device))  # reject a bad size even if nothing uses it
     obs_dim = int(np.prod(env.observation_space.shape))
     action_dim = int(np.prod(env.action_space.shape))
-    return make_agent(cfg.agent.name, obs_dim, action_dim, agent_hparams(cfg.agent), device)
+    hp = agent_hparams(cfg.agent)
+    if hp.get("reward_bound") == "auto":
+        # DMC rewards are in [0, 1] per env step, summed over the action repeat; other suites are unbounded.
+        hp["reward_bound"] = [0.0, float(env.config.action_repeat)] if env.suite == "dmc" else None
+    return make_agent(cfg.agent.name, obs_dim, action_dim, hp, device)
 
 
 def build_buffer(cfg: DictConfig, env: gym.Env, run_dir: Path) -> ReplayBuffer:

@@ -1,0 +1,242 @@
+"""DCWM: the Discrete Codebook World Model of DC-MPC (Scannell et al., ICLR 2025).
+
+The latent state is a grid of FSQ codes: the encoder output is split into ``G`` groups of
+``C = len(fsq_levels)`` channels and each group is quantised to one of ``K = prod(fsq_levels)``
+codes (``[5, 3]`` -> 15 two-dimensional codes). The dynamics model is a *classifier*: for every
+group it outputs logits over the ``K`` codes of the next latent state. Rollouts propagate either a
+straight-through Gumbel-softmax sample (training) or the expected code (planning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from torch import Tensor, nn
+
+from world_models.nn import mlp
+from world_models.quantizers import FSQ
+
+__all__ = ["DCWMConfig", "DCWorldModel", "gumbel_softmax_st"]
+
+
+@dataclass
+class DCWMConfig:
+    """World-model hyperparameters (defaults: the paper / public code at d = 512 groups).
+
+    Attributes:
+        latent_groups: d, the number of FSQ groups; the flat latent has ``d * len(fsq_levels)`` values.
+        fsq_levels: levels per channel of one group's code; ``prod(levels)`` codes per group.
+        enc_mlp_dims / dyn_mlp_dims / reward_mlp_dims: hidden sizes of encoder, dynamics, reward head.
+        horizon: H, the number of dynamics steps unrolled in the loss.
+        rho: per-step weight ρ^h of the loss over the horizon.
+        consistency_coef / reward_coef: weights of the cross-entropy and reward terms.
+        gumbel_tau: temperature of the straight-through Gumbel-softmax used in training rollouts.
+        reward_bound: ``None`` (unbounded reward head) or ``[lo, hi]``: the head's output is squashed
+            by ``lo + (hi - lo)(tanh(x) + 1)/2``. DMC: ``[0, action_repeat]`` (per-step rewards lie in
+            [0, 1] and are summed over the repeat), i.e. ``[0, 2]`` with the default repeat. The model
+            does not know the suite, so Meta-World / gym tasks must set ``reward_bound: null``.
+    """
+
+    latent_groups: int = 512
+    fsq_levels: list[int] = field(default_factory=lambda: [5, 3])
+    enc_mlp_dims: list[int] = field(default_factory=lambda: [256])
+    dyn_mlp_dims: list[int] = field(default_factory=lambda: [512, 512])
+    reward_mlp_dims: list[int] = field(default_factory=lambda: [512, 512])
+    horizon: int = 5
+    rho: float = 0.9
+    consistency_coef: float = 1.0
+    reward_coef: float = 1.0
+    gumbel_tau: float = 1.0
+    reward_bound: list[float] | None = field(default_factory=lambda: [0.0, 2.0])
+
+    def __post_init__(self) -> None:
+        def dims_ok(d: list[int]) -> bool:
+            return all(int(x) == x and x >= 1 for x in d)
+
+        rb = self.reward_bound
+        checks = {
+            "latent_groups": self.latent_groups >= 1,
+            "horizon": self.horizon >= 1,
+            "rho": 0.0 < self.rho <= 1.0,
+            "consistency_coef": self.consistency_coef >= 0,
+            "reward_coef": self.reward_coef >= 0,
+            "gumbel_tau": self.gumbel_tau > 0,
+            "enc_mlp_dims": dims_ok(self.enc_mlp_dims),
+            "dyn_mlp_dims": dims_ok(self.dyn_mlp_dims),
+            "reward_mlp_dims": dims_ok(self.reward_mlp_dims),
+            "reward_bound": rb is None or (len(rb) == 2 and float(rb[0]) < float(rb[1])),
+        }
+        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
+        if bad:
+            raise ValueError(
+                f"invalid DCWM hyperparameter(s) {bad} (horizon >= 1, rho in (0, 1], gumbel_tau > 0, "
+                "reward_bound null or [lo, hi] with lo < hi)"
+            )
+        try:
+            FSQ(self.fsq_levels, 1)  # the one place FSQ levels are validated
+        except ValueError as e:
+            raise ValueError(f"invalid DCWM hyperparameter fsq_levels={self.fsq_levels!r}: {e}") from e
+
+
+def gumbel_softmax_st(
+    logits: Tensor, tau: float = 1.0, generator: torch.Generator | None = None, dim: int = -1
+) -> Tensor:
+    """Straight-through Gumbel-softmax sample over ``dim``: exactly one-hot forward, soft gradient.
+
+    ``y = softmax((ℓ + g) / τ)``, ``g = −log(−log u)``, ``u ~ U(0, 1)`` (Gumbel(0, 1)); forward value
+    ``onehot(argmax y)``, gradient of ``y``. Written as ``onehot + (y − sg(y))`` (not
+    ``onehot − sg(y) + y`` as in ``F.gumbel_softmax``) so the forward value is an exact one-hot with
+    no rounding residue, and the code it selects from the codebook is exactly a codebook entry.
+    (``u`` via ``rand`` and two logs, not ``exponential_``: the latter is ~3x slower on CPU.)
+    """
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    gumbel = -torch.log(-torch.log(u.clamp_min_(torch.finfo(logits.dtype).tiny)))
+    soft = torch.softmax((logits + gumbel) / tau, dim=dim)
+    hard = torch.zeros_like(soft).scatter_(dim, _argmax(soft.detach(), dim), 1.0)
+    return hard + (soft - soft.detach())
+
+
+def _argmax(x: Tensor, dim: int) -> Tensor:
+    """``x.argmax(dim, keepdim=True)``, computed over a contiguous last dim: CPU argmax over a middle
+    dim is ~3x slower than moving that dim last first."""
+    return x.movedim(dim, -1).contiguous().argmax(-1, keepdim=True).movedim(-1, dim)
+
+
+class DCWorldModel(nn.Module):
+    """Encoder -> FSQ codes; categorical dynamics over each group's codes; reward head.
+
+    Shapes: ``obs [N, O]`` -> ``z [N, G*C]`` (flat normalised codes, what every head reads);
+    logits ``[N, K, G]`` (code-major: the class dim is 1, as ``F.cross_entropy`` expects);
+    ``codebook [K, C]`` (``FSQ.codebook``).
+
+    * ``encode(o) = FSQ(e(o))``.
+    * ``next_logits(z, a) = dyn([z ‖ a])`` viewed as ``[K, G]``: one categorical per group.
+    * ``next(z, a)`` (planning) = expected code per group, ``Σ_k softmax(ℓ)_k · codebook_k``.
+    * ``sample_next(z, a)`` (training) = straight-through Gumbel-softmax one-hot times the codebook:
+      a codebook entry forward, the soft sample's gradient backward (through time, to the encoder).
+    * ``reward(z, a) = R([z ‖ a])``, squashed into ``reward_bound`` when set.
+
+    Loss on windows ``o_{0..H}``, ``a_{0..H-1}``, ``r_{0..H-1}`` (see :meth:`loss`)::
+
+        c_0 = encode(o_0),  ℓ_{h+1} = dyn(c_h, a_h),  c_{h+1} = sample_next(c_h, a_h)
+        k_{h+1} = index(encode(o_{h+1}))  under no_grad, same online encoder (no EMA target)
+        L = (1/H) Σ_{h<H} ρ^h mean_B[ λ_c · CE_h + λ_r · (R(c_h, a_h) − r_h)² ]
+        CE_h = mean over groups of −log softmax(ℓ_{h+1})[k_{h+1}]
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: DCWMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fsq = FSQ(cfg.fsq_levels, cfg.latent_groups)
+        self.num_groups = cfg.latent_groups
+        self.num_codes = self.fsq.codebook_size
+        self.latent_dim = self.fsq.dim
+        self.action_dim = action_dim
+        self.encoder = mlp(obs_dim, cfg.enc_mlp_dims, self.latent_dim)
+        self.dynamics = mlp(self.latent_dim + action_dim, cfg.dyn_mlp_dims, self.num_codes * self.num_groups)
+        self.reward_head = mlp(self.latent_dim + action_dim, cfg.reward_mlp_dims, 1)
+        bound = cfg.reward_bound
+        self.reward_bound: tuple[float, float] | None = None if bound is None else (float(bound[0]), float(bound[1]))
+
+    @property
+    def codebook(self) -> Tensor:
+        """``[K, C]`` normalised codes of one group (FSQ's implicit codebook)."""
+        return self.fsq.codebook
+
+    # ------------------------------------------------------------------ model
+    def encode(self, obs: Tensor) -> Tensor:
+        """``[..., O]`` -> flat codes ``[..., G*C]`` (straight-through FSQ: gradients reach the encoder)."""
+        return self.fsq(self.encoder(obs))
+
+    def code_indices(self, z: Tensor) -> Tensor:
+        """Flat codes ``[..., G*C]`` -> per-group code indices ``[..., G]``."""
+        return self.fsq.codes_to_indices(z)
+
+    def next_logits(self, z: Tensor, a: Tensor) -> Tensor:
+        """Logits ``[N, K, G]`` of the next code of every group (softmax over dim 1).
+
+        Code-major on purpose: softmax over a short (K = 15) *last* dim runs ~10x slower on CPU than
+        over a middle dim with a long contiguous inner dim, and planning is mostly these softmaxes.
+        Which output unit means which (code, group) is a free choice of the last Linear layer.
+        """
+        out = self.dynamics(torch.cat([z, a], -1))
+        return out.view(*out.shape[:-1], self.num_codes, self.num_groups)
+
+    def probs_to_codes(self, weights: Tensor) -> Tensor:
+        """Weights over codes ``[N, K, G]`` -> flat codes ``[N, G*C]``: ``Σ_k w[:, k, g] · codebook[k]``."""
+        cb_t = self.codebook.to(weights.dtype).t()  # [C, K]
+        codes = torch.matmul(cb_t, weights)  # [N, C, G]
+        return codes.transpose(-1, -2).reshape(*weights.shape[:-2], self.latent_dim)
+
+    def expected_code(self, logits: Tensor) -> Tensor:
+        """``Σ_k softmax(ℓ)_k · codebook_k`` per group, flattened to ``[N, G*C]``."""
+        return self.probs_to_codes(torch.softmax(logits, dim=-2))
+
+    def sample_code(self, logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Straight-through Gumbel-softmax code per group (``gumbel_tau``), flattened to ``[N, G*C]``."""
+        return self.probs_to_codes(gumbel_softmax_st(logits, self.cfg.gumbel_tau, generator, dim=-2))
+
+    def next(self, z: Tensor, a: Tensor) -> Tensor:
+        """Planning transition: the expected next code (deterministic, smooth in ``z``)."""
+        return self.expected_code(self.next_logits(z, a))
+
+    def sample_next(self, z: Tensor, a: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Training transition: a sampled code per group, with straight-through gradients."""
+        return self.sample_code(self.next_logits(z, a), generator)
+
+    def reward(self, z: Tensor, a: Tensor) -> Tensor:
+        """Predicted reward ``[N]``; ``lo + (hi − lo)(tanh(x) + 1)/2`` when ``reward_bound = [lo, hi]``."""
+        x = self.reward_head(torch.cat([z, a], -1)).squeeze(-1)
+        if self.reward_bound is None:
+            return x
+        lo, hi = self.reward_bound
+        return lo + (hi - lo) * 0.5 * (torch.tanh(x) + 1.0)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, batch: TensorDict, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+        """World-model loss on ``batch`` (obs ``[B, ≥H+1, O]``, action ``[B, ≥H, A]``, reward ``[B, ≥H]``).
+
+        The replay buffer's windows never cross an episode boundary, so every transition in the
+        window is real (a terminal transition can only be the last, and its next observation is the
+        true terminal one); no done-mask is needed, and unlike the public code the last transition of
+        each episode is kept (fact sheet §8 fault 9).
+        """
+        cfg = self.cfg
+        H = cfg.horizon
+        obs, action, reward = batch["obs"], batch["action"], batch["reward"]
+        if obs.shape[1] < H + 1:
+            raise ValueError(f"DCWM.loss needs windows of >= {H} transitions, got obs shape {tuple(obs.shape)}")
+        with torch.no_grad():
+            # Targets: the *online* encoder's code indices of the real next observations.
+            targets = self.code_indices(self.encode(obs[:, 1 : H + 1]))  # [B, H, G]
+        z = self.encode(obs[:, 0])
+        total = obs.new_zeros(())
+        ce_sum = obs.new_zeros(())
+        rew_sum = obs.new_zeros(())
+        acc_first = obs.new_zeros(())
+        for h in range(H):
+            a = action[:, h]
+            r_hat = self.reward(z, a)
+            logits = self.next_logits(z, a)  # [B, K, G]
+            ce = F.cross_entropy(logits, targets[:, h])  # mean over batch and groups
+            rew = F.mse_loss(r_hat, reward[:, h])
+            total = total + cfg.rho**h * (cfg.consistency_coef * ce + cfg.reward_coef * rew)
+            ce_sum = ce_sum + ce.detach()
+            rew_sum = rew_sum + rew.detach()
+            if h == 0:  # share of groups whose target code has the top logit (ties count as hits)
+                lg = logits.detach()
+                hit = lg.gather(1, targets[:, 0].unsqueeze(1)) >= lg.amax(1, keepdim=True)
+                acc_first = hit.float().mean()
+            if h < H - 1:
+                z = self.sample_code(logits, generator)
+        total = total / H
+        metrics = {
+            "wm_loss": total.item(),
+            "consistency_loss": (ce_sum / H).item(),
+            "reward_loss": (rew_sum / H).item(),
+            "code_acc_h1": acc_first.item(),
+        }
+        return total, metrics
