@@ -39,9 +39,8 @@ from torch import Tensor, nn
 
 from agents.common import optimizer_step
 from agents.planning import MPPIConfig, MPPIPlanner
-from agents.td3 import TD3, TD3Config, nstep_targets
+from agents.td3 import TD3, LatentTD3Agent, TD3Config, nstep_targets
 from world_models.dcwm import DCWMConfig, DCWorldModel
-from world_models.diagnostics import collapse_metrics
 
 __all__ = ["DCMPCConfig", "DCMPCAgent", "PLAN_MODES"]
 
@@ -158,7 +157,7 @@ class DCMPCPlanningModel:
         return a
 
 
-class DCMPCAgent:
+class DCMPCAgent(LatentTD3Agent):
     """DC-MPC: DCWM + TD3 critic / policy prior + MPPI (see the module docstring)."""
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: DCMPCConfig, device: torch.device) -> None:
@@ -217,22 +216,6 @@ class DCMPCAgent:
         metrics["explore_std"] = self.explore_std()
         return metrics
 
-    @torch.no_grad()
-    def diagnostics(self, obs: Tensor) -> dict[str, float]:
-        """Code usage and rank of the codes of a batch of observations (as iQRL)."""
-        return collapse_metrics(self.wm.encode(obs.to(self.device)), self.wm.fsq)
-
-    def state_dict(self) -> dict:
-        return {
-            "nets": self.nets.state_dict(),
-            "wm_opt": self.wm_opt.state_dict(),
-            "td3": self.td3.extra_state(),
-            "episode": self.episode,
-        }
-
     def load_state_dict(self, state: dict) -> None:
-        self.nets.load_state_dict(state["nets"])
-        self.wm_opt.load_state_dict(state["wm_opt"])
-        self.td3.load_extra_state(state["td3"])
-        self.episode = int(state["episode"])
+        super().load_state_dict(state)
         self.planner.reset()

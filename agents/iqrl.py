@@ -10,8 +10,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from agents.common import optimizer_step
-from agents.td3 import TD3, TD3Config, nstep_targets
-from world_models.diagnostics import collapse_metrics
+from agents.td3 import TD3, LatentTD3Agent, TD3Config, nstep_targets
 from world_models.iqrl import IQRLModelConfig, IQRLWorldModel
 
 
@@ -29,7 +28,7 @@ class IQRLConfig(IQRLModelConfig, TD3Config):
             raise ValueError(f"invalid hyperparameter enc_lr={self.enc_lr}: must be > 0")
 
 
-class IQRLAgent:
+class IQRLAgent(LatentTD3Agent):
     """Encoder + FSQ trained by latent self-consistency (``IQRLWorldModel``); TD3 acts on the
     detached quantised latents of the online encoder. Only the consistency loss shapes the encoder."""
 
@@ -73,22 +72,3 @@ class IQRLAgent:
         metrics.update(self.td3.update(z, batch["action"][:, 0], ret, discount, z_next))
         metrics["explore_std"] = self.td3.explore_std(self.episode)
         return metrics
-
-    @torch.no_grad()
-    def diagnostics(self, obs: torch.Tensor) -> dict[str, float]:
-        """Collapse measures on a batch of observations (rank at three tolerances, code usage)."""
-        return collapse_metrics(self.wm.encode(obs.to(self.device)), self.wm.fsq)
-
-    def state_dict(self) -> dict:
-        return {
-            "nets": self.nets.state_dict(),
-            "wm_opt": self.wm_opt.state_dict(),
-            "td3": self.td3.extra_state(),
-            "episode": self.episode,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.nets.load_state_dict(state["nets"])
-        self.wm_opt.load_state_dict(state["wm_opt"])
-        self.td3.load_extra_state(state["td3"])
-        self.episode = int(state["episode"])

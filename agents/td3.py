@@ -146,6 +146,35 @@ class TD3(nn.Module):
         self.num_critic_updates = int(state["num_critic_updates"])
 
 
+class LatentTD3Agent:
+    """Shared plumbing of agents that run TD3 on a world model's quantised latents (iQRL, DC-MPC).
+
+    Subclasses set ``self.wm`` (with ``encode`` and ``fsq``), ``self.td3``, ``self.nets`` (a
+    ModuleDict of everything with weights), ``self.wm_opt``, ``self.device`` and ``self.episode``.
+    """
+
+    @torch.no_grad()
+    def diagnostics(self, obs: Tensor) -> dict[str, float]:
+        """Collapse measures of the latents of a batch of observations (rank at three tolerances, code usage)."""
+        from world_models.diagnostics import collapse_metrics
+
+        return collapse_metrics(self.wm.encode(obs.to(self.device)), self.wm.fsq)
+
+    def state_dict(self) -> dict:
+        return {
+            "nets": self.nets.state_dict(),
+            "wm_opt": self.wm_opt.state_dict(),
+            "td3": self.td3.extra_state(),
+            "episode": self.episode,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.nets.load_state_dict(state["nets"])
+        self.wm_opt.load_state_dict(state["wm_opt"])
+        self.td3.load_extra_state(state["td3"])
+        self.episode = int(state["episode"])
+
+
 def nstep_targets(reward: Tensor, terminated: Tensor, gamma: float, n: int) -> tuple[Tensor, Tensor]:
     """n-step return ``sum_{i<n} gamma^i r_i`` and bootstrap factor ``gamma^n (1 - term_{n-1})``.
 
