@@ -15,11 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from training.checkpoint import CheckpointError, load_checkpoint
-from training.logger import Logger
 from training.setup import (
     build_agent,
     build_buffer,
     build_env,
+    build_logger,
     setup_process,
     trainer_config,
     wandb_id,
@@ -46,6 +46,10 @@ class SetupError(Exception):
 
 def run(cfg: DictConfig) -> dict | None:
     try:
+        if cfg.get("dataset") or "offline" in cfg:  # offline training from data on disk (experiment=offline_meta)
+            from training.offline import run_offline
+
+            return run_offline(cfg)
         ckpt = None
         if cfg.resume:
             cfg, ckpt = _resume_config(cfg)
@@ -74,16 +78,8 @@ def run(cfg: DictConfig) -> dict | None:
             f"obs {env.observation_space.shape} act {env.action_space.shape} | buffer {buffer.capacity} "
             f"transitions, {buffer.nbytes / 2**20:.0f} MiB ({cfg.buffer.storage})"
         )
-        logger = Logger(
-            run_dir,
-            config=OmegaConf.to_container(cfg, resolve=True),
-            run_id=cfg.wandb.id,
-            wandb_mode=cfg.wandb.mode,
-            wandb_project=cfg.wandb.project,
-            wandb_group=cfg.wandb.group,
-            resume_step=ckpt.step if ckpt is not None else None,
-            title=f"{cfg.agent.name} on {cfg.env} (seed {cfg.seed})",
-        )
+        title = f"{cfg.agent.name} on {cfg.env} (seed {cfg.seed})"
+        logger = build_logger(cfg, run_dir, ckpt.step if ckpt is not None else None, title)
         trainer = Trainer(
             tcfg,
             agent=agent,

@@ -123,15 +123,19 @@ class TD3(nn.Module):
         self.num_critic_updates += 1
         if self.num_critic_updates % c.actor_update_freq == 0:
             self.critic.requires_grad_(False)
-            actor_loss = -self.q_mean_random(z, self.pi(z)).mean()
+            actor_loss, actor_metrics = self.actor_loss(z, action)
             metrics["actor_grad_norm"] = optimizer_step(
                 "actor_loss", actor_loss, self.actor_opt, self.actor.parameters(), c.grad_clip
             )
             self.critic.requires_grad_(True)
-            metrics["actor_loss"] = actor_loss.item()
+            metrics.update(actor_loss=actor_loss.item(), **actor_metrics)
             soft_update(self.actor_target, self.actor, c.tau)
         soft_update(self.critic_target, self.critic, c.tau)
         return metrics
+
+    def actor_loss(self, z: Tensor, action: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """``-mean_b mean_{k in M} Q_k(z, pi(z))`` (``action``, the batch's, is for subclasses like TD3+BC)."""
+        return -self.q_mean_random(z, self.pi(z)).mean(), {}
 
     def extra_state(self) -> dict:
         return {

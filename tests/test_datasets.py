@@ -4,10 +4,8 @@ rejected with file + field named, nothing unpickled, episode boundaries kept, th
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import json
 import pickle
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +13,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_config, run_script
+from conftest import TINY, compose_config, run_script
 from omegaconf import OmegaConf
 
 import envs.task_families as tf
+import scripts.collect_dataset as collect_dataset
 from envs.datasets import (
     FIELDS,
     DatasetError,
@@ -85,17 +84,6 @@ def write_raw(path: Path, data: dict[str, Any], attrs: dict[str, Any]) -> Path:
         for k, v in attrs.items():
             f.attrs[k] = v
     return path
-
-
-def load_cli() -> Any:
-    """scripts/collect_dataset.py as a module (scripts/ is not a package)."""
-    if "collect_dataset" in sys.modules:
-        return sys.modules["collect_dataset"]
-    spec = importlib.util.spec_from_file_location("collect_dataset", ROOT / "scripts" / "collect_dataset.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["collect_dataset"] = mod  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,7 +342,7 @@ def test_cli_random_rollouts_write_a_valid_file(tmp_path: Path) -> None:
 
 
 def test_cli_family_tasks_write_one_file_per_task(tmp_path: Path) -> None:
-    cli = load_cli()
+    cli = collect_dataset
     out = tmp_path / "wp"
     args = ["--env", "walker_param", "--tasks", "test", "--episodes", "1", "--max-episode-steps", "4"]
     paths = cli.run([*args, "--out", str(out)])
@@ -379,7 +367,7 @@ def test_cli_mix_with_checkpoint_policy(tmp_path: Path) -> None:
         {"agent": agent.state_dict(), "trainer": {"episode": 2}},
         OmegaConf.to_yaml(cfg, resolve=True),
     )
-    cli = load_cli()
+    cli = collect_dataset
     out = tmp_path / "mix.h5"
     args = ["--env", "gym/Pendulum-v1", "--episodes", "4", "--max-episode-steps", "10", "--out", str(out)]
     cli.run([*args, "--mix", "random=0.5,medium=0.5", "--medium", str(tmp_path / "run")])
@@ -420,7 +408,7 @@ def test_cli_exports_a_run_buffer_in_chronological_order(tmp_path: Path) -> None
     save_checkpoint(
         tmp_path / "run", 70, {"agent": {}}, OmegaConf.to_yaml(OmegaConf.create(config)), buffer=buf.state_dict()
     )
-    cli = load_cli()
+    cli = collect_dataset
     out = tmp_path / "replay.h5"
     cli.run(["--from-run", str(tmp_path / "run"), "--out", str(out)])
     ds = load_dataset(out)

@@ -15,6 +15,7 @@ from agents import make_agent
 from agents.common import Agent, build_config
 from envs import make_env
 from training.buffer import ReplayBuffer
+from training.logger import Logger
 from training.seeding import resolve_device, seed_everything
 from training.trainer import TrainerConfig
 
@@ -97,3 +98,17 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
 def wandb_id(run_dir: str | Path) -> str:
     """A stable run id derived from the run directory, so a resumed run logs to the same wandb run."""
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, resume_step: int | None, title: str) -> Logger:
+    """CSV + console + wandb (``cfg.wandb``) logger of a run; ``resume_step`` trims rows logged after it."""
+    return Logger(
+        run_dir,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_id=cfg.wandb.id,
+        wandb_mode=cfg.wandb.mode,
+        wandb_project=cfg.wandb.project,
+        wandb_group=cfg.wandb.group,
+        resume_step=resume_step,
+        title=title,
+    )
