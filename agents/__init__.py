@@ -22,7 +22,13 @@ def _dcmpc():
     return DCMPCAgent, DCMPCConfig
 
 
-AGENTS = {"iqrl": _iqrl, "dcmpc": _dcmpc}
+def _offline_to_online():
+    from agents.offline_to_online import OfflineToOnlineAgent, OfflineToOnlineConfig
+
+    return OfflineToOnlineAgent, OfflineToOnlineConfig
+
+
+AGENTS = {"iqrl": _iqrl, "dcmpc": _dcmpc, "offline_to_online": _offline_to_online}
 
 
 def make_agent(

@@ -18,19 +18,27 @@ the terminal action ``π(c_H)`` is noiseless (as in the paper's equation; the co
 n-step targets keep γ for n = 1 and handle terminations (faults 3, 4, via :func:`agents.td3.nstep_targets`);
 all optimiser states and the episode counter (which sets σ_t) are checkpointed (faults 1, 10).
 
-Early in training the planner can be worse than its own policy prior. Measured at the CPU ("small")
-size, evaluating the *same* weights with ``plan_mode`` switched: dmc/cartpole-balance after 20k env
-steps, prior 708 vs MPPI 358; gym/InvertedPendulum-v5 (300-step cap) after 5k, 300 vs 132. The
-model's J ranks sequences sensibly (corr. 0.77 with J under the true dynamics on InvertedPendulum), but
-the differences between good sequences are far below the model and value errors, while the actor
-follows the critic's exact action gradient. No planner setting (mean vs sampled elite, temperature,
-512 samples × 6 iterations, ρ = 0.99) closed the gap on those weights. ``plan_mode: policy`` is the
-cheap, and at small budgets the better, way to act.
+Early in training the planner can be worse than its own policy prior; what limits it is how far the world
+model lags behind the actor, not the planner. Measured at the CPU ("small") size on dmc/cartpole-balance after
+20k env steps with the paper's ``enc_lr`` 1e-4, evaluating the *same* weights with ``plan_mode`` switched: prior
+689, MPPI 323; MPPI with horizon 1: 555; sampling the first action by ``Q(c_0, a)`` alone (no model rollout):
+729. After 4000 extra world-model-only updates on that run's replay buffer (critics and actor untouched) the same
+planner scores 891 (lr 1e-4) and 993 (lr 3e-4). The small preset therefore trains the world model at 3e-4
+(``${sized:1e-4,3e-4}``): a fresh 20k-step run then evaluates at 704 with MPPI (published DC-MPC at 25k: 713),
+while its prior, trained on the planner's data, scores 997. ``plan_mode: policy`` acts with the prior alone.
+
+World model switch (``world_model``): ``"dcwm"`` (above) or ``"kla"``, the belief-state world model
+:class:`world_models.kla.KLABeliefWorldModel`: the latent is ``z = [μ ‖ log P]`` of a Kalman belief filtered
+over the episode's observations. Acting then carries the filter state across the steps of an episode (reset
+in :meth:`DCMPCAgent.begin_episode`), updates sample windows of ``burn_in + max(horizon, nstep)`` transitions
+and TD3 learns on the beliefs at window positions ``burn_in`` and ``burn_in + nstep``. Critic, actor and
+MPPI are the shared ones; ``uncertainty_coef`` (κ) adds ``κ Σ ρ^h u(z_h, a_h)`` to J, ``u`` the model's
+predicted next belief variance (kla only).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -41,10 +49,12 @@ from agents.common import optimizer_step
 from agents.planning import MPPIConfig, MPPIPlanner
 from agents.td3 import TD3, LatentTD3Agent, TD3Config, nstep_targets
 from world_models.dcwm import DCWMConfig, DCWorldModel
+from world_models.kla.belief import BeliefState, KLABeliefConfig, KLABeliefWorldModel
 
-__all__ = ["DCMPCConfig", "DCMPCAgent", "PLAN_MODES"]
+__all__ = ["DCMPCConfig", "DCMPCAgent", "PLAN_MODES", "WORLD_MODELS"]
 
 PLAN_MODES = ("mppi", "policy")
+WORLD_MODELS = ("dcwm", "kla")
 
 
 @dataclass
@@ -67,6 +77,13 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     ``plan_mode``: ``"mppi"`` (plan, the DC-MPC agent) or ``"policy"`` (act with the TD3 policy prior
     alone, no planning: for speed comparisons and ablations).
     ``compile_planner``: wrap the planner's rollout (``estimate_value``) in ``torch.compile``.
+    ``uncertainty_coef``: MPPIConfig's ``uncertainty_coef`` (κ; needs ``world_model="kla"`` when non-zero).
+
+    ``world_model``: ``"dcwm"`` or ``"kla"`` (configs/world_model/). The KLA belief model reads the fields of
+    :class:`world_models.kla.KLABeliefConfig` by name (:meth:`belief_config`): the shared ``enc_mlp_dims``,
+    ``dyn_mlp_dims``, ``reward_mlp_dims``, ``horizon``, ``rho``, ``consistency_coef``, ``reward_coef``,
+    ``reward_bound`` and its own ``belief_*``, ``burn_in``, ``random_burn_in``, ``obs_coef``, ``dec_mlp_dims``,
+    ``filter_backend``.
     """
 
     # world-model optimiser (AdamW over encoder, dynamics and reward head)
@@ -86,10 +103,31 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     plan_discount: float = 0.9
     use_mppi_mean: bool = False
     compile_planner: bool = False
+    uncertainty_coef: float = 0.0
+    # world model: dcwm | kla; the belief model's own keys (defaults: KLABeliefConfig's)
+    world_model: str = "dcwm"
+    belief_lanes: int = KLABeliefConfig.belief_lanes
+    burn_in: int = KLABeliefConfig.burn_in
+    random_burn_in: bool = KLABeliefConfig.random_burn_in
+    belief_dt_min: float = KLABeliefConfig.belief_dt_min
+    belief_dt_max: float = KLABeliefConfig.belief_dt_max
+    belief_p_init: float = KLABeliefConfig.belief_p_init
+    belief_min_obs_var: float = KLABeliefConfig.belief_min_obs_var
+    obs_coef: float = KLABeliefConfig.obs_coef
+    dec_mlp_dims: list[int] = field(default_factory=lambda: list(KLABeliefConfig().dec_mlp_dims))
+    filter_backend: str = KLABeliefConfig.filter_backend
 
     def __post_init__(self) -> None:
         TD3Config.__post_init__(self)
         DCWMConfig.__post_init__(self)
+        if self.world_model not in WORLD_MODELS:
+            raise ValueError(f"invalid DC-MPC hyperparameter world_model={self.world_model!r}; one of {WORLD_MODELS}")
+        if self.uncertainty_coef != 0 and self.world_model != "kla":
+            raise ValueError(
+                f"invalid DC-MPC hyperparameter uncertainty_coef={self.uncertainty_coef}: only world_model=kla "
+                f"exposes a model uncertainty (world_model={self.world_model!r}); set it to 0"
+            )
+        self.belief_config()  # validates the belief keys (errors name them)
         pool = self.num_samples + self.num_pi_trajs
         checks = {
             "enc_lr": self.enc_lr > 0,
@@ -125,7 +163,12 @@ class DCMPCConfig(DCWMConfig, TD3Config):
             temperature=self.temperature,
             discount=self.plan_discount,
             use_mean=self.use_mppi_mean,
+            uncertainty_coef=self.uncertainty_coef,
         )
+
+    def belief_config(self) -> KLABeliefConfig:
+        """The KLA belief world model's config: its fields read by name from this config."""
+        return KLABeliefConfig(**{f.name: getattr(self, f.name) for f in fields(KLABeliefConfig)})
 
 
 class DCMPCPlanningModel:
@@ -136,7 +179,7 @@ class DCMPCPlanningModel:
     prior trajectory explores differently. ``prior_std`` is set by the agent before each plan.
     """
 
-    def __init__(self, wm: DCWorldModel, td3: TD3) -> None:
+    def __init__(self, wm: DCWorldModel | KLABeliefWorldModel, td3: TD3) -> None:
         self.wm = wm
         self.td3 = td3
         self.prior_std = 0.0
@@ -146,6 +189,11 @@ class DCMPCPlanningModel:
 
     def reward(self, z: Tensor, a: Tensor) -> Tensor:
         return self.wm.reward(z, a)
+
+    def uncertainty(self, z: Tensor, a: Tensor) -> Tensor:
+        """Model uncertainty (world_model=kla: predicted next belief variance); the planner calls it only when
+        ``uncertainty_coef != 0``, which the config allows only for kla."""
+        return self.wm.uncertainty(z, a)
 
     def value(self, z: Tensor) -> Tensor:
         return self.td3.q_mean_random(z, self.td3.pi(z))
@@ -158,12 +206,18 @@ class DCMPCPlanningModel:
 
 
 class DCMPCAgent(LatentTD3Agent):
-    """DC-MPC: DCWM + TD3 critic / policy prior + MPPI (see the module docstring)."""
+    """DC-MPC: a world model (DCWM, or the KLA belief model with ``world_model="kla"``) + TD3 critic / policy
+    prior + MPPI (see the module docstring)."""
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: DCMPCConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        self.wm = DCWorldModel(obs_dim, action_dim, cfg)
+        self.uses_belief = cfg.world_model == "kla"
+        self.wm = (
+            KLABeliefWorldModel(obs_dim, action_dim, cfg.belief_config())
+            if self.uses_belief
+            else DCWorldModel(obs_dim, action_dim, cfg)
+        )
         self.td3 = TD3(self.wm.latent_dim, action_dim, cfg)
         self.nets = nn.ModuleDict({"wm": self.wm, "td3": self.td3}).to(self.device)
         # Only the world-model loss trains the encoder; TD3 sees detached codes.
@@ -174,13 +228,26 @@ class DCMPCAgent(LatentTD3Agent):
             # The rollout (H model steps on (S+P) rows) is where planning time goes; plan() itself has
             # data-dependent control flow and stays eager.
             self.planner.estimate_value = torch.compile(self.planner.estimate_value, dynamic=False)
-        self.sample_horizon = max(cfg.horizon, cfg.nstep)
+        # The belief model's losses start after burn_in filtered steps of each window.
+        self.window_offset = cfg.burn_in if self.uses_belief else 0
+        self.sample_horizon = self.window_offset + max(cfg.horizon, cfg.nstep)
         self.episode = 0
+        # Filter state of the ongoing episode, one slot per eval_mode like the planner's warm start.
+        self.belief_state: dict[bool, BeliefState | None] = {False: None, True: None}
 
     def begin_episode(self, episode: int) -> None:
-        """Set the episode counter (drives σ_t) and forget the planner's warm start."""
+        """Set the episode counter (drives σ_t), forget the planner's warm start and the belief."""
         self.episode = episode
         self.planner.reset()
+        self.belief_state = {False: None, True: None}
+
+    def observe(self, obs: Tensor, *, eval_mode: bool) -> Tensor:
+        """Latent of the current observation ``[1, O]``: DCWM's codes, or the belief after filtering it into
+        the episode's carried state (O(1) per step)."""
+        if not self.uses_belief:
+            return self.wm.encode(obs)
+        z, self.belief_state[eval_mode] = self.wm.step(obs, self.belief_state[eval_mode])
+        return z
 
     def explore_std(self) -> float:
         return self.td3.explore_std(self.episode)
@@ -188,7 +255,8 @@ class DCMPCAgent(LatentTD3Agent):
     @torch.no_grad()
     def act(self, obs: np.ndarray, *, eval_mode: bool, step: int) -> np.ndarray:
         """Plan (or, with ``plan_mode="policy"``, use π) from one observation; add σ_t noise in training."""
-        z = self.wm.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1))
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
+        z = self.observe(obs_t, eval_mode=eval_mode)
         std = self.explore_std()
         if self.cfg.plan_mode == "policy":
             a = self.td3.pi(z)
@@ -208,14 +276,25 @@ class DCMPCAgent(LatentTD3Agent):
         metrics["wm_grad_norm"] = optimizer_step(
             "wm_loss", wm_loss, self.wm_opt, self.wm.parameters(), self.cfg.grad_clip
         )
-        n = self.cfg.nstep
+        n, off = self.cfg.nstep, self.window_offset
         with torch.no_grad():
-            z_pair = self.wm.encode(batch["obs"][:, [0, n]])
-            ret, discount = nstep_targets(batch["reward"], batch["terminated"], self.cfg.gamma, n)
-        metrics.update(self.td3.update(z_pair[:, 0], batch["action"][:, 0], ret, discount, z_pair[:, 1]))
+            if self.uses_belief:  # beliefs filtered over the window, at positions burn_in and burn_in + n
+                z_pair = self.wm.window_latents(batch["obs"], n + 1)[0][:, [0, n]]
+            else:
+                z_pair = self.wm.encode(batch["obs"][:, [0, n]])
+            ret, discount = nstep_targets(batch["reward"][:, off:], batch["terminated"][:, off:], self.cfg.gamma, n)
+        metrics.update(self.td3.update(z_pair[:, 0], batch["action"][:, off], ret, discount, z_pair[:, 1]))
         metrics["explore_std"] = self.explore_std()
         return metrics
+
+    @torch.no_grad()
+    def diagnostics(self, obs: Tensor) -> dict[str, float]:
+        """DCWM: collapse measures of the codes; KLA: belief statistics."""
+        if self.uses_belief:
+            return self.wm.diagnostics(obs.to(self.device))
+        return super().diagnostics(obs)
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.planner.reset()
+        self.belief_state = {False: None, True: None}

@@ -47,5 +47,7 @@ __all__ = [
     "valid_prefixes",
 ]
 
-# Task families (cheetah_vel/..., walker_mass/..., ml1_reach/...) register their task ids on import.
+# Task families (cheetah_vel/..., walker_mass/..., ml1_reach/...) register their task ids on import, and the
+# changing-dynamics envs (changing/<family>[-<split>][-every<N>], a new task at every reset) register theirs.
+import envs.changing  # noqa: E402, F401
 import envs.task_families  # noqa: E402, F401

@@ -61,3 +61,37 @@ def run_script(script: str, args: list[str], timeout: float = 300, **kw) -> subp
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+def random_windows(batch_size: int, horizon: int, obs_dim: int, act_dim: int, seed: int = 0):
+    """A replay-buffer-shaped batch of random windows: obs ``[B, H+1, O]``, action, reward, terminated ``[B, H]``."""
+    import torch
+    from tensordict import TensorDict
+
+    g = torch.Generator().manual_seed(seed)
+    B, H = batch_size, horizon
+    return TensorDict(
+        {
+            "obs": torch.randn(B, H + 1, obs_dim, generator=g),
+            "action": torch.rand(B, H, act_dim, generator=g) * 2 - 1,
+            "reward": torch.rand(B, H, generator=g),
+            "terminated": torch.zeros(B, H),
+        },
+        batch_size=[B],
+    )
+
+
+class UniformPolicy:
+    """The random baseline of the learning tests: uniform actions in [-1, 1] (the Agent acting interface)."""
+
+    def __init__(self, action_dim: int, seed: int = 0) -> None:
+        import numpy as np
+
+        self.rng = np.random.default_rng(seed)
+        self.action_dim = action_dim
+
+    def begin_episode(self, episode: int) -> None:
+        pass
+
+    def act(self, obs, *, eval_mode: bool, step: int):
+        return self.rng.uniform(-1, 1, size=self.action_dim).astype("float32")

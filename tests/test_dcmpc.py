@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import UniformPolicy, compose_config, random_windows
 from tensordict import TensorDict
 
 import train as train_script
@@ -39,17 +39,7 @@ def tiny_agent(**kw) -> DCMPCAgent:
 
 
 def batch(agent: DCMPCAgent, seed: int = 0) -> TensorDict:
-    g = torch.Generator().manual_seed(seed)
-    B, H = agent.cfg.batch_size, agent.sample_horizon
-    return TensorDict(
-        {
-            "obs": torch.randn(B, H + 1, OBS, generator=g),
-            "action": torch.rand(B, H, ACT, generator=g) * 2 - 1,
-            "reward": torch.rand(B, H, generator=g),
-            "terminated": torch.zeros(B, H),
-        },
-        batch_size=[B],
-    )
+    return random_windows(agent.cfg.batch_size, agent.sample_horizon, OBS, ACT, seed)
 
 
 # --------------------------------------------------------------------------- config
@@ -296,18 +286,6 @@ def test_checkpoint_round_trip_gives_identical_actions():
 
 
 # --------------------------------------------------------------------------- learning
-class UniformPolicy:
-    def __init__(self, action_dim: int, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.action_dim = action_dim
-
-    def begin_episode(self, episode: int) -> None:
-        pass
-
-    def act(self, obs, *, eval_mode: bool, step: int) -> np.ndarray:
-        return self.rng.uniform(-1, 1, size=self.action_dim).astype(np.float32)
-
-
 @pytest.mark.slow
 def test_dcmpc_learns_inverted_pendulum_far_beyond_random(tmp_path):
     """Fixed seed, the real trainer, gym/InvertedPendulum-v5 capped at 300 steps (+1 per step while the

@@ -11,8 +11,10 @@ Public API:
     kla_scan_torch      the parallel PyTorch scan on flattened lanes
     kla_scan_triton     the fused Triton kernel on flattened lanes (CUDA, or TRITON_INTERPRET=1)
     KLALayer, KLABlock, KLAState, KLALayerOutput   the sequence-model layer and a stackable block
+    KLABeliefWorldModel, KLABeliefConfig, Belief, BeliefState   belief-state world model (filtered latent)
 """
 
+from .belief import Belief, BeliefFilterOutput, BeliefState, KLABeliefConfig, KLABeliefWorldModel, LaneDynamics
 from .layer import KLABlock, KLALayer, KLALayerOutput, KLAState
 from .reference import kla_scan_reference
 from .scan import (
@@ -31,11 +33,17 @@ from .triton_kernels import HAS_TRITON, kla_scan_triton
 __all__ = [
     "BACKENDS",
     "HAS_TRITON",
+    "Belief",
+    "BeliefFilterOutput",
+    "BeliefState",
+    "KLABeliefConfig",
+    "KLABeliefWorldModel",
     "KLABlock",
     "KLAFilterOutput",
     "KLALayer",
     "KLALayerOutput",
     "KLAState",
+    "LaneDynamics",
     "associative_scan",
     "kla_filter",
     "kla_readout",
