@@ -64,6 +64,11 @@ def register_task_setter(family: str, factory: SetterFactory, *, overwrite: bool
     _SETTERS[family] = factory
 
 
+def unregister_task_setter(family: str) -> None:
+    """Undo :func:`register_task_setter` (``KeyError`` if absent)."""
+    del _SETTERS[family]
+
+
 def _find(env: gym.Env, cls: type) -> Any:
     e: Any = env
     while e is not None:

@@ -76,7 +76,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.registry import SUITE_DEFAULTS, EnvConfig, make_env, register_env
+from envs.registry import SUITE_DEFAULTS, EnvConfig, make_env, register_env, unregister_env
 from envs.wrappers import ResolvedEnv
 
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -278,6 +278,13 @@ def register_family(family: TaskFamily, *, overwrite: bool = False) -> None:
     FAMILIES[family.name] = family
     register_env(f"{family.name}/*", family._factory, supports_obs_mask=family.supports_obs_mask, overwrite=True)
     SUITE_DEFAULTS[family.name] = dict(family.defaults)
+
+
+def unregister_family(name: str) -> None:
+    """Undo :func:`register_family` (``KeyError`` if ``name`` is not registered)."""
+    del FAMILIES[name]
+    unregister_env(f"{name}/*")
+    SUITE_DEFAULTS.pop(name, None)
 
 
 def get_family(name: str) -> TaskFamily:
@@ -511,6 +518,7 @@ del _family
 
 __all__ = [
     "FAMILIES",
+    "unregister_family",
     "SPLITS",
     "Task",
     "TaskEnv",

@@ -79,19 +79,26 @@ def _gain_setter(env: gym.Env):
     return apply
 
 
-task_families.register_family(
-    task_families.TaskFamily(
-        "toy_gain",
-        description="1-D point with an unobserved actuator gain (test only)",
-        param_names=("gain",),
-        params=[(g,) for g in GAINS],
-        splits={"train": [1, 2, 3, 4, 5], "test": [0, 6]},
-        builder=_build_gain,
-        defaults={"action_repeat": 1, "max_episode_steps": 40},
-    ),
-    overwrite=True,
-)
-changing.register_task_setter("toy_gain", _gain_setter, overwrite=True)
+@pytest.fixture
+def toy_gain_family():
+    """Registers the test-only ``toy_gain`` family (and its changing-dynamics setter) for one test, then removes
+    it, so the global family registry other tests snapshot stays the built-in one."""
+    task_families.register_family(
+        task_families.TaskFamily(
+            "toy_gain",
+            description="1-D point with an unobserved actuator gain (test only)",
+            param_names=("gain",),
+            params=[(g,) for g in GAINS],
+            splits={"train": [1, 2, 3, 4, 5], "test": [0, 6]},
+            builder=_build_gain,
+            defaults={"action_repeat": 1, "max_episode_steps": 40},
+        ),
+        overwrite=True,
+    )
+    changing.register_task_setter("toy_gain", _gain_setter, overwrite=True)
+    yield
+    changing.unregister_task_setter("toy_gain")
+    task_families.unregister_family("toy_gain")
 
 
 def gain_base_checkpoint(run_dir: Path, seed: int = 0, updates: int = 1500) -> Path:
@@ -371,7 +378,7 @@ def test_resume_through_the_shared_trainer_matches_an_uninterrupted_run(walker_b
 # adaptation
 
 
-def test_residual_adapts_to_changed_dynamics_beyond_the_frozen_offline_policy(tmp_path):
+def test_residual_adapts_to_changed_dynamics_beyond_the_frozen_offline_policy(tmp_path, toy_gain_family):
     """Online phase on changing/toy_gain-test (g in {0.25, 3} per reset) through the shared trainer."""
     base = gain_base_checkpoint(tmp_path / "base")
     steps, seed = 2000, 1
