@@ -55,6 +55,20 @@ __all__ = ["DCMPCConfig", "DCMPCAgent", "PLAN_MODES", "WORLD_MODELS"]
 
 PLAN_MODES = ("mppi", "policy")
 WORLD_MODELS = ("dcwm", "kla")
+PLANNER_KEYS = {
+    "plan_horizon": "horizon",
+    "iterations": "iterations",
+    "num_samples": "num_samples",
+    "num_elites": "num_elites",
+    "num_pi_trajs": "num_pi_trajs",
+    "min_std": "min_std",
+    "max_std": "max_std",
+    "temperature": "temperature",
+    "plan_discount": "discount",
+    "use_mppi_mean": "use_mean",
+    "uncertainty_coef": "uncertainty_coef",
+}
+"""DC-MPC's flat planner keys -> :class:`agents.planning.MPPIConfig` fields."""
 
 
 @dataclass
@@ -92,18 +106,19 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     batch_size: int = 512  # the paper's; overrides TD3Config's 256
     # planner
     plan_mode: str = "mppi"
-    plan_horizon: int = 3
-    iterations: int = 6
-    num_samples: int = 512
-    num_elites: int = 64
-    num_pi_trajs: int = 24
-    min_std: float = 0.05
-    max_std: float = 2.0
-    temperature: float = 0.5
-    plan_discount: float = 0.9
-    use_mppi_mean: bool = False
+    # the planner's keys and defaults are MPPIConfig's (PLANNER_KEYS), which also validates them
+    plan_horizon: int = MPPIConfig.horizon
+    iterations: int = MPPIConfig.iterations
+    num_samples: int = MPPIConfig.num_samples
+    num_elites: int = MPPIConfig.num_elites
+    num_pi_trajs: int = MPPIConfig.num_pi_trajs
+    min_std: float = MPPIConfig.min_std
+    max_std: float = MPPIConfig.max_std
+    temperature: float = MPPIConfig.temperature
+    plan_discount: float = MPPIConfig.discount
+    use_mppi_mean: bool = MPPIConfig.use_mean
+    uncertainty_coef: float = MPPIConfig.uncertainty_coef
     compile_planner: bool = False
-    uncertainty_coef: float = 0.0
     # world model: dcwm | kla; the belief model's own keys (defaults: KLABeliefConfig's)
     world_model: str = "dcwm"
     belief_lanes: int = KLABeliefConfig.belief_lanes
@@ -128,43 +143,24 @@ class DCMPCConfig(DCWMConfig, TD3Config):
                 f"exposes a model uncertainty (world_model={self.world_model!r}); set it to 0"
             )
         self.belief_config()  # validates the belief keys (errors name them)
-        pool = self.num_samples + self.num_pi_trajs
         checks = {
             "enc_lr": self.enc_lr > 0,
             "enc_weight_decay": self.enc_weight_decay >= 0,
             "plan_mode": self.plan_mode in PLAN_MODES,
-            "plan_horizon": self.plan_horizon >= 1,
-            "iterations": self.iterations >= 1,
-            "num_samples": self.num_samples >= 1,
-            "num_pi_trajs": self.num_pi_trajs >= 0,
-            "num_elites": 1 <= self.num_elites <= pool,
-            "min_std": self.min_std > 0,
-            "max_std": self.max_std >= self.min_std,
-            "temperature": self.temperature > 0,
-            "plan_discount": 0.0 < self.plan_discount <= 1.0,
         }
         bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
         if bad:
-            raise ValueError(
-                f"invalid DC-MPC hyperparameter(s) {bad} (plan_mode in {PLAN_MODES}; plan_horizon, iterations, "
-                f"num_samples >= 1; 1 <= num_elites <= num_samples + num_pi_trajs = {pool}; "
-                "0 < min_std <= max_std; temperature > 0; plan_discount in (0, 1])"
-            )
+            raise ValueError(f"invalid DC-MPC hyperparameter(s) {bad} (plan_mode in {PLAN_MODES}; enc_lr > 0)")
+        try:
+            self.mppi_config()
+        except ValueError as e:  # MPPIConfig's message, with this config's key names
+            msg = str(e)
+            for key, name in PLANNER_KEYS.items():
+                msg = msg.replace(f"MPPIConfig.{name} ", f"{key} ")
+            raise ValueError(f"invalid DC-MPC planner hyperparameter: {msg}") from None
 
     def mppi_config(self) -> MPPIConfig:
-        return MPPIConfig(
-            horizon=self.plan_horizon,
-            iterations=self.iterations,
-            num_samples=self.num_samples,
-            num_elites=self.num_elites,
-            num_pi_trajs=self.num_pi_trajs,
-            min_std=self.min_std,
-            max_std=self.max_std,
-            temperature=self.temperature,
-            discount=self.plan_discount,
-            use_mean=self.use_mppi_mean,
-            uncertainty_coef=self.uncertainty_coef,
-        )
+        return MPPIConfig(**{name: getattr(self, key) for key, name in PLANNER_KEYS.items()})
 
     def belief_config(self) -> KLABeliefConfig:
         """The KLA belief world model's config: its fields read by name from this config."""

@@ -359,20 +359,18 @@ def test_config_boundaries_are_valid() -> None:
     MPPIConfig(num_elites=512 + 24, discount=1.0, min_std=2.0, max_std=2.0, num_pi_trajs=0, num_samples=600)
 
 
-def test_yaml_defaults_match_dataclass() -> None:
-    from pathlib import Path
+def test_paper_size_agent_config_plans_with_the_dataclass_defaults() -> None:
+    """configs/agent/dcmpc.yaml at paper size maps (via dcmpc.PLANNER_KEYS) onto exactly MPPIConfig's defaults."""
+    from conftest import compose_config
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "planner" / "mppi.yaml"
-    values = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            key, val = (s.strip() for s in line.split(":", 1))
-            values[key] = {"true": True, "false": False}.get(val, val)
-    defaults = dataclasses.asdict(MPPIConfig())
-    assert set(values) == set(defaults)
-    for key, default in defaults.items():
-        assert type(default)(values[key]) == default, key
+    from agents.common import build_config
+    from agents.dcmpc import PLANNER_KEYS, DCMPCConfig
+    from training.setup import agent_hparams
+
+    cfg = compose_config(["agent=dcmpc", "agent.size=paper", "device=cpu", "agent.hparams.reward_bound=null"])
+    hp = build_config(DCMPCConfig, agent_hparams(cfg.agent), "configs/agent/dcmpc.yaml")
+    assert set(PLANNER_KEYS.values()) == {f.name for f in dataclasses.fields(MPPIConfig)}
+    assert hp.mppi_config() == MPPIConfig()
 
 
 # --------------------------------------------------------------------------- (f) uncertainty term
