@@ -10,34 +10,21 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from training.checkpoint import CheckpointError, load_checkpoint
+from training.checkpoint import CheckpointError
 from training.setup import (
     build_agent,
     build_buffer,
     build_env,
     build_logger,
+    resume_config,
     setup_process,
     trainer_config,
     wandb_id,
 )
 from training.trainer import Trainer, TrainingStopped
-
-
-def _resume_config(cfg: DictConfig) -> tuple[DictConfig, object]:
-    ckpt = load_checkpoint(cfg.resume)
-    saved = OmegaConf.create(ckpt.config_yaml)
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key == "trainer.steps":
-            saved.trainer.steps = int(value)
-        elif key not in ("resume",):
-            print(f"resume: ignoring override {o!r}; a resumed run keeps its saved config", file=sys.stderr)
-    return saved, ckpt
 
 
 class SetupError(Exception):
@@ -52,7 +39,7 @@ def run(cfg: DictConfig) -> dict | None:
             return run_offline(cfg)
         ckpt = None
         if cfg.resume:
-            cfg, ckpt = _resume_config(cfg)
+            cfg, ckpt = resume_config(cfg, "trainer.steps")
         run_dir = Path(cfg.run_dir)
         if cfg.wandb.id is None:
             cfg.wandb.id = wandb_id(run_dir)

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from agents.common import Agent, build_config
+from agents.common import Agent
+from world_models.config import build_config
 
 
 def _iqrl():
@@ -31,9 +32,7 @@ def _offline_to_online():
 AGENTS = {"iqrl": _iqrl, "dcmpc": _dcmpc, "offline_to_online": _offline_to_online}
 
 
-def make_agent(
-    name: str, obs_dim: int, action_dim: int, hparams: Mapping[str, Any], device: torch.device
-) -> Agent:
+def make_agent(name: str, obs_dim: int, action_dim: int, hparams: Mapping[str, Any], device: torch.device) -> Agent:
     """Build agent ``name`` with hyperparameters ``hparams`` (validated by its config dataclass)."""
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; valid agents: {sorted(AGENTS)}")

@@ -1,10 +1,9 @@
-"""What every agent shares: the Agent contract, config building and a guarded optimiser step."""
+"""What every agent shares: the Agent contract and a guarded optimiser step."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import Iterable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -64,18 +63,3 @@ def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
         return end
     frac = min(max(t / duration, 0.0), 1.0)
     return start + frac * (end - start)
-
-
-C = TypeVar("C")
-
-
-def build_config(cls: type[C], values: Mapping[str, Any], source: str) -> C:
-    """Instantiate a config dataclass from a mapping, naming unknown or missing keys and the source."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ValueError(f"{source}: {e}") from e

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from agents.common import optimizer_step
 from agents.planning import MPPIConfig, MPPIPlanner
 from agents.td3 import TD3, LatentTD3Agent, TD3Config, nstep_targets
+from world_models.config import check_fields
 from world_models.dcwm import DCWMConfig, DCWorldModel
 from world_models.kla.belief import BeliefState, KLABeliefConfig, KLABeliefWorldModel
 
@@ -142,15 +143,14 @@ class DCMPCConfig(DCWMConfig, TD3Config):
                 f"invalid DC-MPC hyperparameter uncertainty_coef={self.uncertainty_coef}: only world_model=kla "
                 f"exposes a model uncertainty (world_model={self.world_model!r}); set it to 0"
             )
+        # the belief keys are validated whichever world model is selected: a bad value is an error even unused
         self.belief_config()  # validates the belief keys (errors name them)
         checks = {
             "enc_lr": self.enc_lr > 0,
             "enc_weight_decay": self.enc_weight_decay >= 0,
             "plan_mode": self.plan_mode in PLAN_MODES,
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(f"invalid DC-MPC hyperparameter(s) {bad} (plan_mode in {PLAN_MODES}; enc_lr > 0)")
+        check_fields(self, checks, "DC-MPC hyperparameter", f"plan_mode in {PLAN_MODES}; enc_lr > 0")
         try:
             self.mppi_config()
         except ValueError as e:  # MPPIConfig's message, with this config's key names

@@ -64,6 +64,7 @@ from torch import Tensor, nn
 
 from agents.common import optimizer_step
 from agents.td3 import TD3, TD3Config
+from world_models.config import check_fields
 from world_models.contextual import ContextEncoder, ContextualWMConfig, ContextualWorldModel
 from world_models.nn import mlp
 
@@ -128,12 +129,13 @@ class MetaRLConfig(ContextualWMConfig, TD3Config):
             "context_size": self.context_size >= 1,
             "batch_size": self.batch_size >= 2,  # a covariance needs two samples
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(
-                f"invalid meta-RL hyperparameter(s) {bad} (representation in {REPRESENTATIONS}, "
-                f"context_source in {CONTEXT_SOURCES}, behaviour_model in {BEHAVIOUR_MODELS})"
-            )
+        check_fields(
+            self,
+            checks,
+            "meta-RL hyperparameter",
+            f"representation in {REPRESENTATIONS}, context_source in {CONTEXT_SOURCES}, "
+            f"behaviour_model in {BEHAVIOUR_MODELS}",
+        )
 
     @property
     def uses_context(self) -> bool:

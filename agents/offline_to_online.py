@@ -45,10 +45,11 @@ from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from agents.common import build_config, linear_schedule, optimizer_step
+from agents.common import linear_schedule, optimizer_step
 from agents.meta_rl import MetaRLAgent, MetaRLConfig, Normalizer
 from agents.td3 import TD3, TD3Config
 from training.checkpoint import CheckpointError, load_checkpoint
+from world_models.config import build_config, check_fields
 from world_models.contextual import ContextEncoder, ContextEncoderConfig
 from world_models.nn import mlp
 
@@ -84,12 +85,13 @@ class OfflineToOnlineConfig(ContextEncoderConfig, TD3Config):
             "nstep": self.nstep == 1,
             "bc_alpha": self.bc_alpha is None or self.bc_alpha >= 0,
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(
-                f"invalid offline-to-online hyperparameter(s) {bad} (base_checkpoint=<offline run dir> is required; "
-                f"mode in {MODES}; residual_scale in (0, 2]; use_next_obs must be true; nstep 1)"
-            )
+        check_fields(
+            self,
+            checks,
+            "offline-to-online hyperparameter",
+            f"base_checkpoint=<offline run dir> is required; mode in {MODES}; residual_scale in (0, 2]; "
+            "use_next_obs must be true; nstep 1",
+        )
 
 
 def load_base_agent(path: str | Path, obs_dim: int, action_dim: int, device: torch.device) -> MetaRLAgent:

@@ -95,3 +95,33 @@ class UniformPolicy:
 
     def act(self, obs, *, eval_mode: bool, step: int):
         return self.rng.uniform(-1, 1, size=self.action_dim).astype("float32")
+
+
+# The learning tests' run settings: evaluate only at the end (5 episodes), no checkpoints, videos or wandb.
+LEARNING_RUN = [
+    "trainer.eval_every=100000",
+    "trainer.eval_episodes=5",
+    "trainer.checkpoint_every=100000",
+    "trainer.video=none",
+    "trainer.progress_bar=false",
+    "wandb.mode=disabled",
+    "threads=1",
+    "seed=1",
+]
+
+
+def train_vs_random(overrides: list[str], run_dir: Path, label: str):
+    """Train through ``train.py``'s ``run`` (``LEARNING_RUN`` + ``overrides``), then evaluate a uniform random
+    policy on the same env with the trainer's eval seeds. Returns ``(cfg, trained return, random return)``."""
+    import train as train_script
+    from training.evaluation import evaluate
+    from training.setup import build_env
+
+    cfg = compose_config([*LEARNING_RUN, *overrides, f"run_dir={run_dir}"])
+    final = train_script.run(cfg)
+    env = build_env(cfg)
+    action_dim = env.action_space.shape[0]
+    random_ret = evaluate(UniformPolicy(action_dim), env, episodes=5, seed=1 + 1_000_003, episode_index=0, step=0)
+    env.close()
+    print(f"{label} {final['return_mean']:.1f} vs random {random_ret['return_mean']:.1f}")
+    return cfg, final["return_mean"], random_ret["return_mean"]

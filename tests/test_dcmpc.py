@@ -10,13 +10,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import UniformPolicy, compose_config, random_windows
+from conftest import compose_config, random_windows, train_vs_random
 from tensordict import TensorDict
 
-import train as train_script
 from agents import make_agent
 from agents.dcmpc import DCMPCAgent, DCMPCConfig, DCMPCPlanningModel
-from training.evaluation import evaluate
 from training.setup import build_agent, build_env
 
 OBS, ACT = 5, 2
@@ -293,30 +291,19 @@ def test_dcmpc_learns_inverted_pendulum_far_beyond_random(tmp_path):
     for tens to hundreds of steps after 3k env steps (seed 1: 300 vs 4.8). Pendulum-v1 and
     dmc/cartpole-balance need far more steps before *planning* beats random by a wide margin at the
     CPU size (see the note in agents/dcmpc.py), so they would not fit the CI budget."""
-    overrides = [
-        "env=gym/InvertedPendulum-v5",
-        "env_settings.max_episode_steps=300",
-        "agent=dcmpc",
-        "agent.size=small",
-        "agent.hparams.explore_episodes=30",  # episodes are short (tens of steps) early on
-        "trainer.steps=3000",
-        "trainer.seed_steps=500",
-        "trainer.eval_every=100000",
-        "trainer.eval_episodes=5",
-        "trainer.checkpoint_every=100000",
-        "trainer.video=none",
-        "trainer.progress_bar=false",
-        "wandb.mode=disabled",
-        "threads=1",
-        "seed=1",
-        f"run_dir={tmp_path}",
-    ]
-    cfg = compose_config(overrides)
-    final = train_script.run(cfg)
+    cfg, trained, random_ret = train_vs_random(
+        [
+            "env=gym/InvertedPendulum-v5",
+            "env_settings.max_episode_steps=300",
+            "agent=dcmpc",
+            "agent.size=small",
+            "agent.hparams.explore_episodes=30",  # episodes are short (tens of steps) early on
+            "trainer.steps=3000",
+            "trainer.seed_steps=500",
+        ],
+        tmp_path,
+        "DC-MPC",
+    )
     assert cfg.agent.hparams.plan_mode == "mppi"  # the planner acted, not the policy prior alone
-    env = build_env(cfg)
-    random_ret = evaluate(UniformPolicy(1), env, episodes=5, seed=1 + 1_000_003, episode_index=0, step=0)
-    env.close()
-    print(f"DC-MPC {final['return_mean']:.1f} vs random {random_ret['return_mean']:.1f}")
-    assert random_ret["return_mean"] < 20
-    assert final["return_mean"] > max(10 * random_ret["return_mean"], random_ret["return_mean"] + 50)
+    assert random_ret < 20
+    assert trained > max(10 * random_ret, random_ret + 50)

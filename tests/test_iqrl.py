@@ -1,14 +1,10 @@
 """iQRL: the consistency loss is what the paper intends, and the agent learns a real task."""
 
-import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import train_vs_random
 
-import train as train_script
 from agents.iqrl import IQRLConfig
-from training.evaluation import evaluate
-from training.setup import build_env
 from world_models.iqrl import IQRLModelConfig, IQRLWorldModel
 
 
@@ -77,27 +73,17 @@ def test_invalid_hyperparameters():
 @pytest.mark.slow
 def test_iqrl_learns_pendulum_far_beyond_random(tmp_path):
     """A fixed seed, 4k env steps on gym/Pendulum-v1: random scores ~-1200, a swing-up ~-200."""
-    overrides = [
-        "env=gym/Pendulum-v1", "agent=iqrl", "agent.size=small", "agent.hparams.explore_episodes=20",
-        "trainer.steps=4000", "trainer.seed_steps=1000", "trainer.eval_every=100000",
-        "trainer.eval_episodes=5", "trainer.checkpoint_every=100000", "trainer.video=none",
-        "trainer.progress_bar=false", "wandb.mode=disabled", "threads=1", "seed=1", f"run_dir={tmp_path}",
-    ]
-    cfg = compose_config(overrides)
-    final = train_script.run(cfg)
-
-    class Uniform:
-        rng = np.random.default_rng(0)
-
-        def begin_episode(self, episode):
-            pass
-
-        def act(self, obs, *, eval_mode, step):
-            return self.rng.uniform(-1, 1, size=1).astype(np.float32)
-
-    env = build_env(cfg)
-    random_ret = evaluate(Uniform(), env, episodes=5, seed=1 + 1_000_003, episode_index=0, step=0)
-    env.close()
-    print(f"iQRL {final['return_mean']:.1f} vs random {random_ret['return_mean']:.1f}")
-    assert final["return_mean"] > random_ret["return_mean"] + 600
-    assert final["return_mean"] > -500
+    _, trained, random_ret = train_vs_random(
+        [
+            "env=gym/Pendulum-v1",
+            "agent=iqrl",
+            "agent.size=small",
+            "agent.hparams.explore_episodes=20",
+            "trainer.steps=4000",
+            "trainer.seed_steps=1000",
+        ],
+        tmp_path,
+        "iQRL",
+    )
+    assert trained > random_ret + 600
+    assert trained > -500

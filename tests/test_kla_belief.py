@@ -9,12 +9,10 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import UniformPolicy, compose_config, random_windows
+from conftest import compose_config, random_windows, train_vs_random
 from tensordict import TensorDict
 
-import train as train_script
 from agents.dcmpc import DCMPCAgent, DCMPCConfig
-from training.evaluation import evaluate
 from training.setup import build_agent, build_env
 from world_models.kla import KLABeliefConfig, KLABeliefWorldModel, kla_scan_reference, posterior
 
@@ -310,35 +308,24 @@ def test_kla_dcmpc_learns_inverted_pendulum_far_beyond_random(tmp_path):
     """Fixed seed, the real trainer, gym/InvertedPendulum-v5 capped at 300 steps (+1 per step while the pole is
     up; random drops it within ~5 steps). DC-MPC with the KLA belief world model, acting with MPPI over the
     belief latent, must hold the pole for tens of steps after 2k env steps (~90 s on one thread)."""
-    overrides = [
-        "env=gym/InvertedPendulum-v5",
-        "env_settings.max_episode_steps=300",
-        "agent=dcmpc",
-        "world_model=kla",
-        "agent.size=small",
-        "agent.hparams.belief_lanes=32",
-        "agent.hparams.burn_in=4",
-        "agent.hparams.batch_size=64",
-        "agent.hparams.enc_lr=1.0e-4",  # pinned: the test's margin was measured with it (seed 1: 67.2 vs 4.8)
-        "agent.hparams.explore_episodes=30",
-        "trainer.steps=2000",
-        "trainer.seed_steps=500",
-        "trainer.eval_every=100000",
-        "trainer.eval_episodes=5",
-        "trainer.checkpoint_every=100000",
-        "trainer.video=none",
-        "trainer.progress_bar=false",
-        "wandb.mode=disabled",
-        "threads=1",
-        "seed=1",
-        f"run_dir={tmp_path}",
-    ]
-    cfg = compose_config(overrides)
-    final = train_script.run(cfg)
+    cfg, trained, random_ret = train_vs_random(
+        [
+            "env=gym/InvertedPendulum-v5",
+            "env_settings.max_episode_steps=300",
+            "agent=dcmpc",
+            "world_model=kla",
+            "agent.size=small",
+            "agent.hparams.belief_lanes=32",
+            "agent.hparams.burn_in=4",
+            "agent.hparams.batch_size=64",
+            "agent.hparams.enc_lr=1.0e-4",  # pinned: the test's margin was measured with it (seed 1: 67.2 vs 4.8)
+            "agent.hparams.explore_episodes=30",
+            "trainer.steps=2000",
+            "trainer.seed_steps=500",
+        ],
+        tmp_path,
+        "DC-MPC/KLA",
+    )
     assert cfg.agent.hparams.plan_mode == "mppi" and cfg.agent.hparams.world_model == "kla"
-    env = build_env(cfg)
-    random_ret = evaluate(UniformPolicy(1), env, episodes=5, seed=1 + 1_000_003, episode_index=0, step=0)
-    env.close()
-    print(f"DC-MPC/KLA {final['return_mean']:.1f} vs random {random_ret['return_mean']:.1f}")
-    assert random_ret["return_mean"] < 20
-    assert final["return_mean"] > max(10 * random_ret["return_mean"], random_ret["return_mean"] + 50)
+    assert random_ret < 20
+    assert trained > max(10 * random_ret, random_ret + 50)

@@ -363,9 +363,9 @@ def test_paper_size_agent_config_plans_with_the_dataclass_defaults() -> None:
     """configs/agent/dcmpc.yaml at paper size maps (via dcmpc.PLANNER_KEYS) onto exactly MPPIConfig's defaults."""
     from conftest import compose_config
 
-    from agents.common import build_config
     from agents.dcmpc import PLANNER_KEYS, DCMPCConfig
     from training.setup import agent_hparams
+    from world_models.config import build_config
 
     cfg = compose_config(["agent=dcmpc", "agent.size=paper", "device=cpu", "agent.hparams.reward_bound=null"])
     hp = build_config(DCMPCConfig, agent_hparams(cfg.agent), "configs/agent/dcmpc.yaml")

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,18 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def save_if_finite(weights: dict, save: Callable[[], Path], run_dir: Path) -> str:
+    """After a refused non-finite loss: checkpoint with ``save()`` if every float tensor in ``weights`` is
+    still finite (the guarded optimiser step refuses a bad loss before touching them), and say where the
+    last good state is, for the error message."""
+    finite = all(
+        torch.isfinite(t).all() for t in weights.values() if isinstance(t, torch.Tensor) and t.is_floating_point()
+    )
+    if not finite:
+        return f"Weights are not finite; resume from the last checkpoint in {run_dir / 'checkpoints'}"
+    return f"Last good state saved to {save()}"
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """Resolve a run directory, its ``checkpoints/`` folder or a checkpoint folder to a checkpoint folder."""
     p = Path(path).expanduser()
@@ -153,9 +166,7 @@ def _load_tensors(f: Path, data: bytes, map_location: str | torch.device) -> dic
         raise CheckpointError(f"{f}: cannot be loaded as tensors-only data ({type(e).__name__}: {e})") from e
 
 
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", load_buffer: bool = True
-) -> Checkpoint:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", load_buffer: bool = True) -> Checkpoint:
     """Load and verify a checkpoint (see module docstring). Raises :class:`CheckpointError` with the file."""
     ckpt = find_checkpoint(path)
     mpath = ckpt / MANIFEST

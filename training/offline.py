@@ -54,14 +54,15 @@ from tensordict import TensorDict
 from tqdm import tqdm
 
 import envs.task_families as task_families
-from agents.common import NonFiniteLossError, build_config
+from agents.common import NonFiniteLossError
 from agents.meta_rl import MetaRLAgent, MetaRLConfig
 from envs.datasets import Dataset, load_dataset, load_dataset_dir
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import save_checkpoint, save_if_finite
 from training.logger import Logger
 from training.seeding import rng_state, set_rng_state
-from training.setup import agent_hparams, build_logger, resolve_size, setup_process, wandb_id
+from training.setup import agent_hparams, build_logger, resolve_size, resume_config, setup_process, wandb_id
 from training.trainer import TrainingStopped
+from world_models.config import build_config, check_fields
 
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -96,9 +97,7 @@ class OfflineConfig:
             "checkpoint_every": self.checkpoint_every >= 1,
             "keep_checkpoints": self.keep_checkpoints >= 1,
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(f"invalid offline setting(s) {bad} (eval_tasks: test | train | all)")
+        check_fields(self, checks, "offline setting", "eval_tasks: test | train | all")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -478,43 +477,16 @@ class OfflineMetaTrainer:
                 self.finished = True
                 self.save()
         except NonFiniteLossError as e:
-            raise TrainingStopped(f"{e} (update {self.step}). {self._save_after_nonfinite()}") from e
+            where = save_if_finite(self.agent.nets.state_dict(), self.save, self.run_dir)
+            raise TrainingStopped(f"{e} (update {self.step}). {where}") from e
         finally:
             if self.pbar is not None:
                 self.pbar.close()
         return final
 
-    def _save_after_nonfinite(self) -> str:
-        finite = all(
-            torch.isfinite(t).all()
-            for t in self.agent.nets.state_dict().values()
-            if isinstance(t, torch.Tensor) and t.is_floating_point()
-        )
-        if not finite:
-            return f"Weights are not finite; resume from the last checkpoint in {self.run_dir / 'checkpoints'}"
-        return f"Last good state saved to {self.save()}"
-
 
 # ---------------------------------------------------------------------------------------------------
 # entry point
-
-
-def _resume_config(cfg: DictConfig) -> tuple[DictConfig, Any]:
-    """The saved config of ``cfg.resume`` (``offline.steps=N`` on the command line may extend it)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    ckpt = load_checkpoint(cfg.resume, load_buffer=False)
-    saved = OmegaConf.create(ckpt.config_yaml)
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key == "offline.steps":
-            saved.offline.steps = int(value)
-        elif key not in ("resume", "dataset", "experiment"):
-            print(f"resume: ignoring override {o!r}; a resumed run keeps its saved config", file=sys.stderr)
-    if "dataset" in cfg and cfg.dataset and str(cfg.dataset) != str(saved.dataset):
-        print(f"resume: using the saved dataset {saved.dataset!r}, not {cfg.dataset!r}", file=sys.stderr)
-    return saved, ckpt
 
 
 def build_meta_agent(
@@ -542,7 +514,10 @@ def run_offline(cfg: DictConfig) -> dict[str, Any] | None:
     if not cfg.get("dataset"):
         raise ValueError("offline training needs dataset=<HDF5 file or directory> (envs/datasets.py schema)")
     if cfg.get("resume"):
-        cfg, ckpt = _resume_config(cfg)
+        given = cfg.dataset
+        cfg, ckpt = resume_config(cfg, "offline.steps", load_buffer=False, tolerated=("dataset", "experiment"))
+        if str(given) != str(cfg.dataset):
+            print(f"resume: using the saved dataset {cfg.dataset!r}, not {given!r}", file=sys.stderr)
     ocfg = offline_config(cfg)
     dataset = load_any_dataset(cfg.dataset)
     fam_name = dataset.attrs.get("family")

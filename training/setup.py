@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from agents import make_agent
-from agents.common import Agent, build_config
+from agents.common import Agent
 from envs import make_env
 from training.buffer import ReplayBuffer
+from training.checkpoint import Checkpoint, load_checkpoint
 from training.logger import Logger
 from training.seeding import resolve_device, seed_everything
 from training.trainer import TrainerConfig
+from world_models.config import build_config
 
 SIZES = ("auto", "paper", "small")
 
@@ -112,3 +115,25 @@ def build_logger(cfg: DictConfig, run_dir: Path, resume_step: int | None, title:
         resume_step=resume_step,
         title=title,
     )
+
+
+def resume_config(
+    cfg: DictConfig, steps_key: str, *, load_buffer: bool = True, tolerated: tuple[str, ...] = ()
+) -> tuple[DictConfig, Checkpoint]:
+    """The checkpoint at ``cfg.resume`` and the config saved inside it, which the resumed run keeps.
+
+    ``<steps_key>=N`` on the command line extends the run; overrides of ``resume`` and of the keys in
+    ``tolerated`` pass silently; any other override is ignored with a warning.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    ckpt = load_checkpoint(cfg.resume, load_buffer=load_buffer)
+    saved = OmegaConf.create(ckpt.config_yaml)
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key == steps_key:
+            OmegaConf.update(saved, steps_key, int(value))
+        elif key not in ("resume", *tolerated):
+            print(f"resume: ignoring override {o!r}; a resumed run keeps its saved config", file=sys.stderr)
+    return saved, ckpt

@@ -15,10 +15,11 @@ from tqdm import tqdm
 
 from agents.common import Agent, NonFiniteLossError
 from training.buffer import ReplayBuffer
-from training.checkpoint import save_checkpoint
+from training.checkpoint import save_checkpoint, save_if_finite
 from training.evaluation import evaluate
 from training.logger import Logger
 from training.seeding import rng_state, set_rng_state
+from world_models.config import check_fields
 
 
 class TrainingStopped(RuntimeError):
@@ -53,9 +54,7 @@ class TrainerConfig:
             "keep_checkpoints": self.keep_checkpoints >= 1,
             "video": self.video in ("none", "final", "every_eval"),
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(f"invalid trainer setting(s) {bad}")
+        check_fields(self, checks, "trainer setting")
 
 
 class Trainer:
@@ -242,22 +241,10 @@ class Trainer:
                 self.finished = True
                 self.save()
         except NonFiniteLossError as e:
-            path = self._save_after_nonfinite()
-            raise TrainingStopped(
-                f"{e} (env step {self.env_step}, update {self.num_updates}). {path}"
-            ) from e
+            where = save_if_finite(self.agent.state_dict()["nets"], self.save, self.run_dir)
+            raise TrainingStopped(f"{e} (env step {self.env_step}, update {self.num_updates}). {where}") from e
         finally:
             if self.pbar is not None:
                 self.pbar.close()
         return final
 
-    def _save_after_nonfinite(self) -> str:
-        """The guarded step refused the bad loss, so weights are still finite: keep them."""
-        finite = all(
-            torch.isfinite(t).all()
-            for t in self.agent.state_dict()["nets"].values()
-            if isinstance(t, torch.Tensor) and t.is_floating_point()
-        )
-        if not finite:
-            return f"Weights are not finite; resume from the last checkpoint in {self.run_dir / 'checkpoints'}"
-        return f"Last good state saved to {self.save()}"

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from world_models.config import check_fields
 from world_models.nn import mlp, soft_update
 
 POOLINGS = ("mean", "attention")
@@ -66,11 +67,9 @@ class ContextEncoderConfig:
             "attn_heads": self.attn_heads >= 1,
             "attn_dim": self.attn_dim >= 1 and self.attn_dim % max(self.attn_heads, 1) == 0,
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(
-                f"invalid context-encoder hyperparameter(s) {bad} (pooling in {POOLINGS}; attn_dim divisible by heads)"
-            )
+        check_fields(
+            self, checks, "context-encoder hyperparameter", f"pooling in {POOLINGS}; attn_dim divisible by heads"
+        )
 
 
 class AttentionPool(nn.Module):
@@ -180,9 +179,7 @@ class ContextualWMConfig(ContextEncoderConfig):
             "proto_temperature": self.proto_temperature > 0,
             "wm_lr": self.wm_lr > 0,
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(f"invalid contextual world-model hyperparameter(s) {bad}")
+        check_fields(self, checks, "contextual world-model hyperparameter")
 
 
 class ContextualWorldModel(nn.Module):

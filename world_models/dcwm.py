@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from world_models.config import check_fields
 from world_models.nn import mlp
 from world_models.quantizers import FSQ
 
@@ -69,12 +70,12 @@ class DCWMConfig:
             "reward_mlp_dims": dims_ok(self.reward_mlp_dims),
             "reward_bound": rb is None or (len(rb) == 2 and float(rb[0]) < float(rb[1])),
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(
-                f"invalid DCWM hyperparameter(s) {bad} (horizon >= 1, rho in (0, 1], gumbel_tau > 0, "
-                "reward_bound null or [lo, hi] with lo < hi)"
-            )
+        check_fields(
+            self,
+            checks,
+            "DCWM hyperparameter",
+            "horizon >= 1, rho in (0, 1], gumbel_tau > 0, reward_bound null or [lo, hi] with lo < hi",
+        )
         try:
             FSQ(self.fsq_levels, 1)  # the one place FSQ levels are validated
         except ValueError as e:

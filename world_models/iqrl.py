@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from world_models.config import check_fields
 from world_models.nn import mlp, soft_update
 from world_models.quantizers import FSQ
 
@@ -34,9 +35,7 @@ class IQRLModelConfig:
             "enc_tau": 0.0 < self.enc_tau <= 1.0,
             "cosine_sign": self.cosine_sign in (-1.0, 1.0),
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(f"invalid iQRL world-model hyperparameter(s) {bad}")
+        check_fields(self, checks, "iQRL world-model hyperparameter")
         FSQ(self.fsq_levels, 1)  # validates the levels
 
 

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from world_models.config import check_fields
 from world_models.nn import mlp
 
 from .scan import BACKENDS, kla_filter
@@ -128,13 +129,14 @@ class KLABeliefConfig:
             "reward_bound": rb is None or (len(rb) == 2 and float(rb[0]) < float(rb[1])),
             "filter_backend": self.filter_backend in BACKENDS,
         }
-        bad = {k: getattr(self, k) for k, ok in checks.items() if not ok}
-        if bad:
-            raise ValueError(
-                f"invalid KLA belief world-model hyperparameter(s) {bad} (belief_lanes, horizon >= 1; burn_in >= 0; "
-                "rho in (0, 1]; coefficients >= 0; 0 < belief_dt_min <= belief_dt_max; belief_p_init > 0; "
-                f"belief_min_obs_var > 0; reward_bound null or [lo, hi] with lo < hi; filter_backend in {BACKENDS})"
-            )
+        check_fields(
+            self,
+            checks,
+            "KLA belief world-model hyperparameter",
+            "belief_lanes, horizon >= 1; burn_in >= 0; rho in (0, 1]; coefficients >= 0; "
+            "0 < belief_dt_min <= belief_dt_max; belief_p_init > 0; belief_min_obs_var > 0; "
+            f"reward_bound null or [lo, hi] with lo < hi; filter_backend in {BACKENDS}",
+        )
 
 
 class Belief(NamedTuple):
