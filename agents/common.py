@@ -20,13 +20,19 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Agent(Protocol):
-    """The contract between agents and the trainer. Agents never touch the env or the disk."""
+    """The contract between agents and the trainer. Agents never touch the env or the disk.
+
+    Per episode: ``begin_episode``, then ``act`` -> env step -> ``observe(reward)`` for every decision.
+    """
 
     sample_horizon: int  # transitions per sampled window that ``update`` needs
 
     def begin_episode(self, episode: int) -> None: ...
 
     def act(self, obs: np.ndarray, *, eval_mode: bool, step: int) -> np.ndarray: ...
+
+    def observe(self, reward: float) -> None:
+        """The reward of the step just taken with ``act``'s action (agents with an online context use it)."""
 
     def update(self, batch: TensorDict) -> dict[str, float]: ...
 

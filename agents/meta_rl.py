@@ -402,6 +402,9 @@ class MetaRLAgent:
     def begin_episode(self, episode: int) -> None:
         self.episode = episode
 
+    def observe(self, reward: float) -> None:
+        """The task representation is set from a context by :meth:`set_task` (training.offline.evaluate_meta)."""
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, *, eval_mode: bool, step: int) -> np.ndarray:
         o = self.norm.obs(torch.as_tensor(obs, dtype=torch.float32, device=self.device))

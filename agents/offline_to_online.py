@@ -6,9 +6,9 @@ The L4DC 2024 residual scheme (Nakhaei, Scannell, Pajarinen), on this repo's pie
   dataset=...``), rebuilt from the config inside its checkpoint and acting with the prior representation ``z = 0``
   (no offline context online). Frozen by default (``finetune_base=true`` trains it with the residual's loss).
 * **Context encoder** ``z = E(C_t)`` (:class:`world_models.contextual.ContextEncoder`) over the last ``K``
-  transitions of the current episode ``C_t = {(s_i, a_i, s_{i+1}) : t-K <= i < t}``. ``act`` never sees rewards,
-  so the context holds none (its reward feature is 0, in acting and in training alike; the paper's context is
-  ``(s, a)`` pairs too). The encoder is trained only by a dynamics decoder, never by the RL losses::
+  transitions of the current episode ``C_t = {(s_i, a_i, r_i, s_{i+1}) : t-K <= i < t}`` (``r_i`` reaches the
+  agent through ``observe``, so changes of the reward function are visible too; in training, the buffer's
+  rewards). The encoder is trained only by a dynamics decoder, never by the RL losses::
 
       L_dyn = || D(s_t, a_t, z_t) - (norm(s_{t+1}) - norm(s_t)) ||^2
 
@@ -215,14 +215,14 @@ class OfflineToOnlineAgent:
             self.ctx_opt = torch.optim.Adam(params, lr=cfg.ctx_lr)
         self.episode = 0
         self.num_updates = 0
-        self.window: deque[tuple[Tensor, Tensor, Tensor]] = deque(maxlen=cfg.context_size)
-        self._pending: tuple[Tensor, Tensor] | None = None  # (s_t, a_t) waiting for s_{t+1}
+        self.window: deque[tuple[Tensor, Tensor, Tensor, Tensor]] = deque(maxlen=cfg.context_size)  # (s, a, r, s')
+        self._pending: tuple[Tensor, Tensor, Tensor] | None = None  # (s_t, a_t, r_t) waiting for s_{t+1}
 
     # -- context ---------------------------------------------------------------------------------
-    def _features(self, s: Tensor, a: Tensor, s_next: Tensor) -> Tensor:
-        """Context features of normalised transitions (reward slot 0: ``act`` never sees rewards)."""
+    def _features(self, s: Tensor, a: Tensor, r: Tensor, s_next: Tensor) -> Tensor:
+        """Context features of normalised transitions ``(s, a, r, s')``."""
         assert self.encoder is not None
-        return self.encoder.features(s, a, s.new_zeros(s.shape[:-1]), s_next)
+        return self.encoder.features(s, a, r, s_next)
 
     def context_z(self) -> Tensor:
         """``z`` of the current rolling window (``0`` while it is empty)."""
@@ -230,8 +230,8 @@ class OfflineToOnlineAgent:
             return torch.zeros(0, device=self.device)
         if not self.window:
             return torch.zeros(self.z_dim, device=self.device)
-        s, a, s_next = (torch.stack(x) for x in zip(*self.window))
-        return self.encoder(self._features(s, a, s_next))
+        s, a, r, s_next = (torch.stack(x) for x in zip(*self.window))
+        return self.encoder(self._features(s, a, r, s_next))
 
     # -- acting ----------------------------------------------------------------------------------
     def begin_episode(self, episode: int) -> None:
@@ -254,8 +254,13 @@ class OfflineToOnlineAgent:
             c = self.cfg  # this config's schedule in both modes (finetune's TD3 carries the offline config)
             std = linear_schedule(c.explore_std_start, c.explore_std_end, c.explore_episodes, self.episode)
             a = self.td3.add_exploration_noise(a, std)
-        self._pending = (s, a[0])
+        self._pending = (s, a[0], s.new_zeros(()))  # the reward arrives with observe
         return a[0].cpu().numpy()
+
+    def observe(self, reward: float) -> None:
+        if self._pending is not None:
+            s, a, _ = self._pending
+            self._pending = (s, a, torch.tensor(float(reward), device=self.device))
 
     # -- learning --------------------------------------------------------------------------------
     def update(self, batch: TensorDict) -> dict[str, float]:
@@ -272,15 +277,16 @@ class OfflineToOnlineAgent:
         self.num_updates += 1
         return metrics
 
-    def window_z(self, obs: Tensor, action: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z_j, sg(z_{j+1}))`` at positions ``j [B]`` of windows ``obs [B, K+2, D]`` (normalised), ``action``.
+    def window_z(self, obs: Tensor, action: Tensor, reward: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z_j, sg(z_{j+1}))`` at positions ``j [B]`` of windows ``obs [B, K+2, D]`` (normalised), ``action``
+        ``[B, K+1, A]`` and ``reward [B, K+1]``.
 
         ``z_j`` encodes the window's transitions ``0..j-1``; ``z_{j+1}`` its last ``min(j + 1, K)`` up to ``j``
         (module docstring): for ``j = K`` exactly the contexts :meth:`act` had at those two steps.
         """
         assert self.encoder is not None
         K = self.cfg.context_size
-        feats = self._features(obs[:, :-1], action, obs[:, 1:])  # [B, K+1, F]: transition i of the window
+        feats = self._features(obs[:, :-1], action, reward, obs[:, 1:])  # [B, K+1, F]: transition i of the window
         slots = torch.arange(K, device=obs.device)[None]
         z = self.encoder(feats[:, :K], slots < j[:, None])
         with torch.no_grad():
@@ -299,7 +305,7 @@ class OfflineToOnlineAgent:
         B = obs.shape[0]
         rows = torch.arange(B, device=obs.device)
         j = torch.randint(0, K + 1, (B,), device=obs.device)  # trained position
-        z, z_next = self.window_z(obs, act, j)
+        z, z_next = self.window_z(obs, act, rew, j)
         s_j, s_next, a_j = obs[rows, j], obs[rows, j + 1], act[rows, j]
         pred = self.decoder(torch.cat([s_j, a_j, z], -1))
         dyn_loss = F.mse_loss(pred, s_next - s_j)

@@ -158,6 +158,9 @@ class LatentTD3Agent:
     """
 
     @torch.no_grad()
+    def observe(self, reward: float) -> None:
+        """No online context: rewards reach these agents through the replay buffer."""
+
     def diagnostics(self, obs: Tensor) -> dict[str, float]:
         """Collapse measures of the latents of a batch of observations (rank at three tolerances, code usage)."""
         from world_models.diagnostics import collapse_metrics

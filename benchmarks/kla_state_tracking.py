@@ -35,6 +35,14 @@ Tasks (--task):
 * ``majority``: bits, label = whether 1s are at least half of the prefix.
 * ``bandit``: tokens (arm, outcome) with per-sequence success rates and pull frequencies; label = whether
   arm A's Laplace-smoothed success rate exceeds arm B's (a ratio comparison).
+* ``tracking`` (regression): a hidden AR(1) state ``x_t = a x_{t-1} + w_t``, ``w_t ~ N(0, q)`` (stationary
+  variance 1), seen through observations ``y_t = x_t + v_t``, ``v_t ~ N(0, sigma_t^2)`` whose reliability changes
+  every step (``sigma_t`` in {0.1, 1, 10} with probabilities 0.15 / 0.35 / 0.5; the model is told ``sigma_t``).
+  Target: ``x_t`` (MSE). The Bayes-optimal estimate is the Kalman filter's posterior mean, computed by a plain
+  scalar Kalman filter in this script; the table reports each model's MSE divided by the filter's (1.0 =
+  optimal). The optimal gain ``K_t = P_t^- / (P_t^- + sigma_t^2)`` depends on how much reliable evidence the
+  history holds (``P_t^-``), not on the current input alone: KLA's precision-weighted update has that form;
+  GLA's gate sees only the current token (and a 4-token convolution window).
 
 Run: ``python benchmarks/kla_state_tracking.py`` (defaults: task ``first``, 2 layers, d_model 32, d_state 8,
 train length 32, test lengths 128 and 512, 500 steps, seeds 0, 1, 2; ~5-7 minutes on 2 busy CPU cores).
@@ -72,7 +80,55 @@ TASKS = {
     "first": (3, 2),
     "majority": (2, 2),
     "bandit": (4, 2),
+    "tracking": (0, 1),  # vocab 0: continuous input features; 1 output: regression
 }
+# tracking: AR(1) coefficient, process-noise variance (stationary variance 1), observation noise levels
+TRACK_A = 0.995
+TRACK_Q = 1.0 - TRACK_A**2
+TRACK_SIGMAS = (0.1, 1.0, 10.0)
+TRACK_PROBS = (0.15, 0.35, 0.5)
+
+
+def set_tracking(a: float, sigmas: list[float], probs: list[float]) -> None:
+    """Set the tracking task's parameters (module-level, read by make_tracking and kalman_tracking)."""
+    global TRACK_A, TRACK_Q, TRACK_SIGMAS, TRACK_PROBS
+    TRACK_A, TRACK_Q, TRACK_SIGMAS, TRACK_PROBS = a, 1.0 - a**2, tuple(sigmas), tuple(probs)
+
+
+def is_regression(task: str) -> bool:
+    return TASKS[task][0] == 0
+
+
+def make_tracking(batch: int, length: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Features ``(batch, length, 2)`` = (y / sqrt(1 + sigma^2), log sigma), targets ``x`` and the noise std."""
+    probs = torch.tensor(TRACK_PROBS)
+    sigma = torch.tensor(TRACK_SIGMAS)[torch.multinomial(probs, batch * length, True, generator=gen)]
+    sigma = sigma.view(batch, length)
+    w = torch.randn(batch, length, generator=gen) * TRACK_Q**0.5
+    x = torch.empty(batch, length)
+    state = torch.randn(batch, generator=gen)  # x_0 from the stationary distribution N(0, 1)
+    for t in range(length):
+        state = TRACK_A * state + w[:, t] if t > 0 else state
+        x[:, t] = state
+    y = x + sigma * torch.randn(batch, length, generator=gen)
+    feats = torch.stack([y / (1.0 + sigma**2) ** 0.5, sigma.log()], dim=-1)
+    return feats, x, sigma
+
+
+def kalman_tracking(feats: Tensor, sigma: Tensor) -> Tensor:
+    """The textbook scalar Kalman filter for ``tracking`` (known a, q, sigma_t): posterior means ``(B, L)``."""
+    y = feats[..., 0] * (1.0 + sigma**2) ** 0.5
+    mean = torch.zeros(y.shape[0], dtype=torch.float64)
+    var = torch.ones(y.shape[0], dtype=torch.float64)  # prior N(0, 1) = the stationary distribution
+    out = torch.empty_like(y, dtype=torch.float64)
+    for t in range(y.shape[1]):
+        if t > 0:  # predict
+            mean, var = TRACK_A * mean, TRACK_A**2 * var + TRACK_Q
+        r = sigma[:, t].double() ** 2
+        gain = var / (var + r)  # update
+        mean, var = mean + gain * (y[:, t].double() - mean), (1 - gain) * var
+        out[:, t] = mean
+    return out.float()
 
 
 def make_batch(task: str, batch: int, length: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -193,7 +249,8 @@ class Block(nn.Module):
 class SequenceModel(nn.Module):
     def __init__(self, kind: str, vocab: int, classes: int, d_model: int, d_state: int, expand: int, layers: int):
         super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
+        # vocab 0: continuous features (the tracking task's 2 per step) through a linear map
+        self.embed = nn.Embedding(vocab, d_model) if vocab else nn.Linear(2, d_model)
 
         def mixer() -> nn.Module:
             return KLAMixer(d_model, d_state, expand) if kind == "kla" else GLALayer(d_model, d_state, expand)
@@ -225,10 +282,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: str, length: int, n_seqs: int, seed: int) -> tuple[float, float, float]:
-    """Accuracy per token, on the last token and on whole sequences, over ``n_seqs`` fresh sequences."""
+    """Accuracy per token, on the last token and on whole sequences, over ``n_seqs`` fresh sequences.
+
+    ``tracking``: (MSE / Kalman-filter MSE, model MSE, Kalman-filter MSE) over all positions.
+    """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     batch = max(8, min(n_seqs, 16384 // length))  # bounded memory for long test sequences
+    if is_regression(task):
+        err = opt = 0.0
+        done = 0
+        while done < n_seqs:
+            b = min(batch, n_seqs - done)
+            feats, x, sigma = make_tracking(b, length, gen)
+            err += float(((model(feats)[..., 0] - x) ** 2).sum())
+            opt += float(((kalman_tracking(feats, sigma) - x) ** 2).sum())
+            done += b
+        model.train()
+        return err / opt, err / (n_seqs * length), opt / (n_seqs * length)
     tok = last = seq = 0
     done = 0
     while done < n_seqs:
@@ -260,8 +331,12 @@ def train(kind: str, seed: int, args: argparse.Namespace) -> dict:
     gen = torch.Generator().manual_seed(seed + 1)  # same data stream for both models
     start = time.perf_counter()
     for step in range(args.steps):
-        x, y = make_batch(args.task, args.batch, args.train_len, gen)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        if is_regression(args.task):
+            feats, target, _ = make_tracking(args.batch, args.train_len, gen)
+            loss = F.mse_loss(model(feats)[..., 0], target)
+        else:
+            x, y = make_batch(args.task, args.batch, args.train_len, gen)
+            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -299,20 +374,32 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=250)
+    ap.add_argument("--track-a", type=float, default=TRACK_A, help="tracking: AR(1) coefficient")
+    ap.add_argument("--track-sigmas", type=float, nargs="+", default=list(TRACK_SIGMAS), help="tracking: noise stds")
+    ap.add_argument("--track-probs", type=float, nargs="+", default=list(TRACK_PROBS), help="tracking: their probs")
     args = ap.parse_args()
+    if len(args.track_sigmas) != len(args.track_probs) or not 0 < args.track_a < 1:
+        ap.error("--track-sigmas and --track-probs need the same length; --track-a in (0, 1)")
+    set_tracking(args.track_a, args.track_sigmas, args.track_probs)
     torch.set_num_threads(args.threads)
     print(
         f"task={args.task} d_model={args.d_model} d_state={args.d_state} expand={args.expand} "
         f"layers={args.layers} train_len={args.train_len} steps={args.steps} batch={args.batch} lr={args.lr} "
         f"seeds={args.seeds}"
+        + (f" a={TRACK_A} sigmas={TRACK_SIGMAS} probs={TRACK_PROBS}" if is_regression(args.task) else "")
     )
     kinds = args.models.split(",")
     results = [train(kind, seed, args) for seed in args.seeds for kind in kinds]
     lengths = (args.train_len, *args.test_len)
     head = f"{'model':<6}{'seed':>5}{'params':>8}{'train s':>9}"
-    for length in lengths:
-        head += f"  {'acc@' + str(length):>9}{'last':>7}{'seq':>7}"
-    print("\naccuracy at each length: per token / last token / whole sequence correct")
+    if is_regression(args.task):
+        for length in lengths:
+            head += f"  {'ratio@' + str(length):>9}{'mse':>7}{'kf':>7}"
+        print("\nMSE at each length: model / optimal Kalman filter (1.0 = optimal), model MSE, filter MSE")
+    else:
+        for length in lengths:
+            head += f"  {'acc@' + str(length):>9}{'last':>7}{'seq':>7}"
+        print("\naccuracy at each length: per token / last token / whole sequence correct")
     print(head)
 
     def row(model: str, seed: str, params: str, secs: float, accs: dict) -> str:

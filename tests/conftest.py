@@ -96,6 +96,9 @@ class UniformPolicy:
     def act(self, obs, *, eval_mode: bool, step: int):
         return self.rng.uniform(-1, 1, size=self.action_dim).astype("float32")
 
+    def observe(self, reward: float) -> None:
+        pass
+
 
 # The learning tests' run settings: evaluate only at the end (5 episodes), no checkpoints, videos or wandb.
 LEARNING_RUN = [

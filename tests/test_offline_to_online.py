@@ -29,7 +29,6 @@ import envs.changing as changing
 import envs.task_families as task_families
 import train as train_script
 from agents import make_agent
-from agents.common import build_config
 from agents.meta_rl import MetaRLAgent, MetaRLConfig
 from agents.offline_to_online import OfflineToOnlineAgent, OfflineToOnlineConfig
 from envs import EnvConfig, make_env
@@ -37,6 +36,7 @@ from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from training.evaluation import evaluate
 from training.offline import run_offline
 from training.trainer import Trainer
+from world_models.config import build_config
 
 # ---------------------------------------------------------------------------------------------------
 # a cheap changing-gain family (registered for this test module)
@@ -297,25 +297,31 @@ def test_residual_starts_as_the_offline_policy_and_context_resets(walker_base):
             agent.begin_episode(episode)
             assert len(agent.window) == 0 and torch.equal(agent.context_z(), torch.zeros(8))
             obs, _ = env.reset(seed=episode)
-            sizes, zs, states, actions = [], [], [obs], []
+            sizes, zs, states, actions, rewards = [], [], [obs], [], []
             for _ in range(T):
                 a = agent.act(obs, eval_mode=False, step=0)  # exploration noise: the window holds the taken action
                 sizes.append(len(agent.window))
                 zs.append(agent.context_z())
-                obs = env.step(a)[0]
+                obs, r = env.step(a)[:2]
+                agent.observe(r)
                 states.append(obs)
                 actions.append(a)
+                rewards.append(r)
             assert sizes == [0, 1, 2, 3, 4, 4, 4, 4, 4], "the last K transitions of this episode"
+            assert [float(t[2]) for t in agent.window] == pytest.approx(rewards[-K - 1 : -1]), "observed rewards"
+            assert any(r != 0 for r in rewards[-K - 1 : -1])
             assert zs[-1].abs().sum() > 0
             s_last = agent.norm.obs(torch.as_tensor(obs))
             a = agent.act(obs, eval_mode=True, step=0)
             np.testing.assert_allclose(a, offline.act(obs, eval_mode=True, step=0), atol=1e-6)  # a == a_base
-            assert torch.allclose(agent.window[-1][2], s_last), "the newest transition ends at the current state"
+            assert torch.allclose(agent.window[-1][3], s_last), "the newest transition ends at the current state"
             # update() sees the same contexts: windows of K+1 transitions from the buffer, position j
             s = agent.norm.obs(torch.as_tensor(np.stack(states)))
             act = torch.as_tensor(np.stack(actions))
+            rew = torch.as_tensor(rewards, dtype=torch.float32)
             for start, j in [(0, 0), (0, 2), (0, K), (T - K - 1, K)]:
-                window = (s[None, start : start + K + 2], act[None, start : start + K + 1])
+                steps = slice(start, start + K + 1)
+                window = (s[None, start : start + K + 2], act[None, steps], rew[None, steps])
                 z, z_next = agent.window_z(*window, torch.tensor([j]))
                 torch.testing.assert_close(z[0], zs[start + j], atol=1e-6, rtol=0)
                 torch.testing.assert_close(z_next[0], zs[start + j + 1] if start + j + 1 < T else agent.context_z())

@@ -42,6 +42,7 @@ def evaluate(
             while not done:
                 action = agent.act(obs, eval_mode=True, step=step)
                 obs, reward, terminated, truncated, info = env.step(action)
+                agent.observe(float(reward))
                 ep_ret += float(reward)
                 if "success" in info:
                     reports_success = True

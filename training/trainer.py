@@ -149,11 +149,14 @@ class Trainer:
         ep_ret, success, decisions, done = 0.0, None, 0, False
         t0 = time.perf_counter()
         while not done:
-            if self.env_step < self.cfg.seed_steps:
-                action = (torch.rand(self.action_dim) * 2 - 1).numpy()
-            else:
+            acted = self.env_step >= self.cfg.seed_steps
+            if acted:
                 action = self.agent.act(obs, eval_mode=False, step=self.env_step)
+            else:
+                action = (torch.rand(self.action_dim) * 2 - 1).numpy()
             next_obs, reward, terminated, truncated, info = self.env.step(action)
+            if acted:
+                self.agent.observe(float(reward))
             done = terminated or truncated
             self.buffer.add(obs, action, reward, next_obs, terminated, episode_end=done)
             obs = next_obs
