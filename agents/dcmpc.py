@@ -237,7 +237,7 @@ class DCMPCAgent(LatentTD3Agent):
         self.planner.reset()
         self.belief_state = {False: None, True: None}
 
-    def observe(self, obs: Tensor, *, eval_mode: bool) -> Tensor:
+    def latent_of(self, obs: Tensor, *, eval_mode: bool) -> Tensor:
         """Latent of the current observation ``[1, O]``: DCWM's codes, or the belief after filtering it into
         the episode's carried state (O(1) per step)."""
         if not self.uses_belief:
@@ -252,7 +252,7 @@ class DCMPCAgent(LatentTD3Agent):
     def act(self, obs: np.ndarray, *, eval_mode: bool, step: int) -> np.ndarray:
         """Plan (or, with ``plan_mode="policy"``, use π) from one observation; add σ_t noise in training."""
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
-        z = self.observe(obs_t, eval_mode=eval_mode)
+        z = self.latent_of(obs_t, eval_mode=eval_mode)
         std = self.explore_std()
         if self.cfg.plan_mode == "policy":
             a = self.td3.pi(z)

@@ -46,6 +46,11 @@ Tasks (--task):
 
 Run: ``python benchmarks/kla_state_tracking.py`` (defaults: task ``first``, 2 layers, d_model 32, d_state 8,
 train length 32, test lengths 128 and 512, 500 steps, seeds 0, 1, 2; ~5-7 minutes on 2 busy CPU cores).
+``python benchmarks/kla_state_tracking.py --task tracking --train-len 256 --test-len 1024 --eval-seqs 256``:
+the noisy-tracking comparison against the optimal filter (~8 minutes per seed on one CPU thread).
+For reference, the best filter whose gain depends on the current ``sigma_t`` alone (a grid search over one
+gain per noise level, the most an input-only gate can do without history) reaches an MSE ratio of ~1.16 on
+the default tracking task.
 """
 
 from __future__ import annotations
