@@ -212,3 +212,36 @@ def test_eval_requires_checkpoint():
     assert cfg.env  # sanity: train config composes without overrides
     with pytest.raises(ValueError, match="checkpoint="):
         eval_script.run(ecfg)
+
+
+SMALL_PLANNER = [
+    "agent.size=small",
+    "agent.hparams.latent_groups=8",
+    "agent.hparams.enc_mlp_dims=[32]",
+    "agent.hparams.dyn_mlp_dims=[32,32]",
+    "agent.hparams.reward_mlp_dims=[32]",
+    "agent.hparams.mlp_dims=[32,32]",
+    "agent.hparams.batch_size=16",
+    "agent.hparams.num_samples=32",
+    "agent.hparams.num_elites=8",
+    "agent.hparams.num_pi_trajs=4",
+    "agent.hparams.iterations=2",
+]
+
+
+@pytest.mark.parametrize(
+    "agent",
+    [
+        ["agent=iqrl"],
+        ["agent=dcmpc", *SMALL_PLANNER],
+        ["agent=dcmpc", "world_model=kla", *SMALL_PLANNER, "agent.hparams.belief_lanes=8", "agent.hparams.burn_in=2"],
+    ],
+    ids=["iqrl", "dcmpc", "dcmpc-kla"],
+)
+def test_every_online_agent_runs_through_trainer_and_evaluation(tmp_path, agent):
+    """The trainer's whole contract (begin_episode, act, observe, update, state_dict) with the agent acting
+    after the seed phase, an evaluation and a checkpoint: a tiny real run of each online agent."""
+    overrides = [*TINY, *agent, "trainer.steps=600", "trainer.seed_steps=200", f"run_dir={tmp_path}"]
+    final = train_script.run(compose_config(overrides))
+    assert np.isfinite(final["return_mean"]) and final["episode_length"] == 200
+    assert load_checkpoint(tmp_path).step == 600
