@@ -160,7 +160,8 @@ def plot(path: Path, rows: list[dict], refs: dict, tasks: list[str], agent: str)
         steps = np.array(sorted(by_step))
         mean = np.array([np.mean(by_step[s]) for s in steps])
         std = np.array([np.std(by_step[s]) for s in steps])
-        ax.plot(steps, mean, label=f"{agent} (this run, {len(next(iter(by_step.values()), []))} seeds)", lw=2)
+        n = len(next(iter(by_step.values()), []))
+        ax.plot(steps, mean, label=f"{agent} (this run, {n} seed{'s' if n != 1 else ''})", lw=2)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
         for (ref_agent, ref_task), curve in refs.items():
             if ref_task != reference_name(task):
