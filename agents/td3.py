@@ -157,10 +157,10 @@ class LatentTD3Agent:
     ModuleDict of everything with weights), ``self.wm_opt``, ``self.device`` and ``self.episode``.
     """
 
-    @torch.no_grad()
     def observe(self, reward: float) -> None:
         """No online context: rewards reach these agents through the replay buffer."""
 
+    @torch.no_grad()
     def diagnostics(self, obs: Tensor) -> dict[str, float]:
         """Collapse measures of the latents of a batch of observations (rank at three tolerances, code usage)."""
         from world_models.diagnostics import collapse_metrics

@@ -119,12 +119,14 @@ def train_vs_random(overrides: list[str], run_dir: Path, label: str):
     import train as train_script
     from training.evaluation import evaluate
     from training.setup import build_env
+    from training.trainer import Trainer
 
     cfg = compose_config([*LEARNING_RUN, *overrides, f"run_dir={run_dir}"])
     final = train_script.run(cfg)
     env = build_env(cfg)
     action_dim = env.action_space.shape[0]
-    random_ret = evaluate(UniformPolicy(action_dim), env, episodes=5, seed=1 + 1_000_003, episode_index=0, step=0)
+    eval_seed = int(cfg.seed) + Trainer.EVAL_SEED_OFFSET
+    random_ret = evaluate(UniformPolicy(action_dim), env, episodes=5, seed=eval_seed, episode_index=0, step=0)
     env.close()
     print(f"{label} {final['return_mean']:.1f} vs random {random_ret['return_mean']:.1f}")
     return cfg, final["return_mean"], random_ret["return_mean"]
