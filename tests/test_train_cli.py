@@ -194,6 +194,34 @@ def test_multirun_sweeps_seeds_locally(tmp_path):
         assert load_checkpoint(tmp_path / f"s{s}").step == 400
 
 
+@pytest.mark.parametrize(
+    ("agent", "env", "extra", "expected"),
+    [
+        ("dcmpc", "dmc/walker-walk", [], {"nstep": 1, "explore_std_end": 0.1}),
+        ("dcmpc", "dmc/reacher-easy", [], {"nstep": 3}),
+        ("dcmpc", "dmc/finger-turn_hard", [], {"nstep": 2}),  # '_' and '-' match alike
+        ("dcmpc", "metaworld/reach-v3", [], {"nstep": 3, "explore_std_end": 0.05}),
+        ("dcmpc", "dmc/reacher-easy", ["agent.hparams.nstep=2"], {"nstep": 2}),  # explicit wins
+        ("iqrl", "dmc/acrobot-swingup", [], {"nstep": 3, "enc_tau": 0.0005}),
+        ("iqrl", "dmc/dog-run", ["agent.size=paper"], {"latent_groups": 1024}),
+        ("iqrl", "dmc/dog-run", ["agent.size=small"], {"latent_groups": 64}),
+    ],
+)
+def test_per_task_defaults_follow_the_env(agent, env, extra, expected):
+    from training.setup import agent_hparams
+
+    hp = agent_hparams(compose_config([f"agent={agent}", f"env={env}", *extra]).agent)
+    assert {k: hp[k] for k in expected} == expected
+
+
+def test_malformed_per_task_rule_is_a_clear_error():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"env": "dmc/walker-walk", "n": "${by_task:1,'dmc/walker-*'}"})
+    with pytest.raises(Exception, match="not '<env glob>=<value>'"):
+        _ = cfg.n
+
+
 def test_slurm_launcher_preset_composes():
     from hydra import compose, initialize_config_dir
 

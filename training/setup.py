@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from agents import make_agent
@@ -43,8 +45,30 @@ def _sized(paper: Any, small: Any, *, _root_: DictConfig) -> Any:
     return paper if resolve_size(str(_root_.agent.size), str(_root_.device)) == "paper" else small
 
 
-if not OmegaConf.has_resolver("sized"):
-    OmegaConf.register_new_resolver("sized", _sized)
+def _task_key(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def _by_task(default: Any, *rules: str, _root_: DictConfig) -> Any:
+    """``${by_task:<default>,'<env glob>=<value>',...}``: a per-task default, picked by ``env``.
+
+    The first rule whose glob matches the env name wins (case and ``-``/``_`` ignored, as env names
+    are), e.g. ``nstep: ${by_task:1,'dmc/reacher-*=3'}``: the papers' task-tuned values live in the
+    agent YAML next to the default. An explicit setting replaces the interpolation, so it always wins.
+    """
+    env = _task_key(str(_root_.env))
+    for rule in rules:
+        pattern, sep, value = str(rule).partition("=")
+        if not sep or not pattern or not value:
+            raise ValueError(f"by_task rule {rule!r} is not '<env glob>=<value>'")
+        if fnmatch.fnmatchcase(env, _task_key(pattern)):
+            return yaml.safe_load(value)
+    return default
+
+
+for _name, _resolver in (("sized", _sized), ("by_task", _by_task)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 def agent_hparams(agent_cfg: DictConfig) -> dict[str, Any]:
