@@ -74,7 +74,8 @@ def _numpy_compat(domain: str) -> None:
         quadruped.np = _NumpyWithIn1d()
 
 
-def _key(name: str) -> str:
+def name_key(name: str) -> str:
+    """Spelling-insensitive form of a name for matching: surrounding space, case and ``-``/``_`` ignored."""
     return name.strip().lower().replace("-", "_")
 
 
@@ -108,12 +109,12 @@ def resolve_dmc_name(name: str) -> tuple[str, str]:
     """
     table: dict[str, tuple[str, str]] = {}
     for d, t in dmc_tasks():
-        table[_key(f"{d}_{t}")] = (d, t)
+        table[name_key(f"{d}_{t}")] = (d, t)
     for alias, domain in DOMAIN_ALIASES.items():
         for d, t in dmc_tasks():
             if d == domain:
-                table.setdefault(_key(f"{alias}_{t}"), (d, t))
-    key = _key(name)
+                table.setdefault(name_key(f"{alias}_{t}"), (d, t))
+    key = name_key(name)
     if key in table:
         return table[key]
     import difflib

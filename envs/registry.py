@@ -259,6 +259,28 @@ def _bad_prefix(name: str) -> ValueError:
     )
 
 
+def canonical_env_name(name: str) -> str:
+    """The name :func:`make_env` reports as ``spec_name`` for ``name``, without building the env.
+
+    Resolves spellings and aliases of suite tasks (``dmc/cup-Catch`` -> ``dmc/ball_in_cup-catch``,
+    ``metaworld/reach`` -> ``metaworld/reach-v3``); other names come back unchanged.
+
+    Raises:
+        ValueError: an unknown dmc or Meta-World task (the message lists the valid names).
+    """
+    prefix, sep, rest = name.partition("/")
+    if sep and rest and prefix == "dmc":
+        from envs.dmc import resolve_dmc_name
+
+        domain, task = resolve_dmc_name(rest)
+        return f"dmc/{domain}-{task}"
+    if sep and rest and prefix == "metaworld":
+        from envs.metaworld import resolve_metaworld_name
+
+        return f"metaworld/{resolve_metaworld_name(rest)}"
+    return name
+
+
 def make_env(
     cfg: EnvConfig | Mapping[str, Any], suite_defaults: Mapping[str, Mapping[str, Any]] | None = None
 ) -> ResolvedEnv:
@@ -293,16 +315,16 @@ def make_env(
 
     time_limit_applied = False
     if prefix == "dmc":
-        from envs.dmc import DMCEnv, resolve_dmc_name
+        from envs.dmc import DMCEnv
 
-        domain, task = resolve_dmc_name(rest)
-        spec_name = f"dmc/{domain}-{task}"
+        spec_name = canonical_env_name(cfg.name)
+        domain, task = spec_name.removeprefix("dmc/").split("-", 1)  # dm_control names use '_' only
         env: gym.Env = DMCEnv(domain, task, seed=cfg.seed, render_size=cfg.render_size, obs_mask=cfg.obs_mask)
     elif prefix == "metaworld":
-        from envs.metaworld import MetaWorldEnv, resolve_metaworld_name
+        from envs.metaworld import MetaWorldEnv
 
-        task = resolve_metaworld_name(rest)
-        spec_name = f"metaworld/{task}"
+        spec_name = canonical_env_name(cfg.name)
+        task = spec_name.removeprefix("metaworld/")
         env = MetaWorldEnv(
             task, seed=cfg.seed, render_size=cfg.render_size, max_episode_steps=cfg.max_episode_steps
         )

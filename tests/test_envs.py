@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs import EnvConfig, make_env, register_env, unregister_env
+from envs import EnvConfig, canonical_env_name, make_env, register_env, unregister_env
 from envs.dmc import DMCEnv, resolve_dmc_name
 from envs.metaworld import MetaWorldEnv
 
@@ -362,6 +362,14 @@ def test_closed_env_refuses_use():
 )
 def test_aliases_resolve_to_canonical_names(make, name, expected):
     assert make(EnvConfig(name)).spec_name == expected
+    assert canonical_env_name(name) == expected  # the same name without building the env
+
+
+def test_canonical_env_name_of_other_and_unknown_names():
+    assert canonical_env_name("gym/Pendulum-v1") == "gym/Pendulum-v1"
+    assert canonical_env_name("dmc/humanoid_cmu-run") == "dmc/humanoid_CMU-run"
+    with pytest.raises(ValueError, match="walker: stand, walk, run"):
+        canonical_env_name("dmc/walker-fly")
 
 
 @pytest.mark.parametrize(

@@ -214,10 +214,31 @@ def test_per_task_defaults_follow_the_env(agent, env, extra, expected):
     assert {k: hp[k] for k in expected} == expected
 
 
-def test_malformed_per_task_rule_is_a_clear_error():
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ("dmc/ball_in_cup-catch", 4),
+        ("dmc/cup-catch", 4),  # the alias is resolved before matching
+        ("dmc/Ball-In-Cup-Catch", 4),
+        ("dmc/walker-walk", 1),
+        ("dmc/no-such-task", 1),  # unknown names fall through; make_env reports them
+    ],
+)
+def test_per_task_rules_match_the_canonical_env_name(env, expected):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"env": "dmc/walker-walk", "n": "${by_task:1,'dmc/walker-*'}"})
+    cfg = OmegaConf.create({"env": env, "n": "${by_task:1,'dmc/ball_in_cup-*=4'}"})
+    assert cfg.n == expected
+
+
+@pytest.mark.parametrize(
+    "rules",
+    ["'dmc/walker-*'", "'dmc/walker-*=2','dmc/cheetah-*'", "'dmc/walker-*=2','=3'"],  # bad rule after a match too
+)
+def test_malformed_per_task_rule_is_a_clear_error(rules):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"env": "dmc/walker-walk", "n": f"${{by_task:1,{rules}}}"})
     with pytest.raises(Exception, match="not '<env glob>=<value>'"):
         _ = cfg.n
 

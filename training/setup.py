@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents import make_agent
 from agents.common import Agent
-from envs import make_env
+from envs import canonical_env_name, make_env
+from envs.dmc import name_key
 from training.buffer import ReplayBuffer
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.logger import Logger
@@ -45,23 +46,27 @@ def _sized(paper: Any, small: Any, *, _root_: DictConfig) -> Any:
     return paper if resolve_size(str(_root_.agent.size), str(_root_.device)) == "paper" else small
 
 
-def _task_key(name: str) -> str:
-    return name.lower().replace("_", "-")
-
-
 def _by_task(default: Any, *rules: str, _root_: DictConfig) -> Any:
     """``${by_task:<default>,'<env glob>=<value>',...}``: a per-task default, picked by ``env``.
 
-    The first rule whose glob matches the env name wins (case and ``-``/``_`` ignored, as env names
-    are), e.g. ``nstep: ${by_task:1,'dmc/reacher-*=3'}``: the papers' task-tuned values live in the
-    agent YAML next to the default. An explicit setting replaces the interpolation, so it always wins.
+    The env name is first made canonical as ``make_env`` does (``dmc/cup-catch`` is
+    ``dmc/ball_in_cup-catch``), so write rules with canonical names; case and ``-``/``_`` are ignored
+    on both sides. The first matching rule wins, e.g. ``nstep: ${by_task:1,'dmc/reacher-*=3'}``: the
+    papers' task-tuned values live in the agent YAML next to the default. An explicit setting replaces
+    the interpolation, so it always wins. Every rule is checked, matched or not.
     """
-    env = _task_key(str(_root_.env))
+    parsed = []
     for rule in rules:
         pattern, sep, value = str(rule).partition("=")
         if not sep or not pattern or not value:
             raise ValueError(f"by_task rule {rule!r} is not '<env glob>=<value>'")
-        if fnmatch.fnmatchcase(env, _task_key(pattern)):
+        parsed.append((name_key(pattern), value))
+    try:
+        env = canonical_env_name(str(_root_.env))
+    except ValueError:  # an unknown task: make_env reports it with the valid names
+        env = str(_root_.env)
+    for pattern, value in parsed:
+        if fnmatch.fnmatchcase(name_key(env), pattern):
             return yaml.safe_load(value)
     return default
 
