@@ -78,6 +78,19 @@ if HAS_TRITON:
         return g2 * g1, g2 * b1 + b2
 
     @triton.jit
+    def _load_lanes(a_ptr, p_ptr, lam0_ptr, eta0_ptr, N, stride_ab, ACC: tl.constexpr, BLOCK_N: tl.constexpr):
+        # This program's sequence and block of lanes, with their parameters and initial state.
+        # Out-of-range lanes get a = 1, p = 0, lam0 = 1 so they compute harmless finite values.
+        pid_b = tl.program_id(0).to(tl.int64)
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        a = tl.load(a_ptr + pid_b * stride_ab + offs_n, mask=mask_n, other=1.0).to(ACC)
+        p = tl.load(p_ptr + pid_b * stride_ab + offs_n, mask=mask_n, other=0.0).to(ACC)
+        lam0 = tl.load(lam0_ptr + pid_b * N + offs_n, mask=mask_n, other=1.0).to(ACC)
+        eta0 = tl.load(eta0_ptr + pid_b * N + offs_n, mask=mask_n, other=0.0).to(ACC)
+        return pid_b, offs_n, mask_n, a, p, lam0, eta0
+
+    @triton.jit
     def _kla_fwd_kernel(
         phi_ptr,
         r_ptr,
@@ -94,16 +107,10 @@ if HAS_TRITON:
         BLOCK_T: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        pid_b = tl.program_id(0).to(tl.int64)
-        pid_n = tl.program_id(1)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
+        pid_b, offs_n, mask_n, a, p, lam_c, eta_c = _load_lanes(
+            a_ptr, p_ptr, lam0_ptr, eta0_ptr, N, stride_ab, ACC, BLOCK_N
+        )
         rows = tl.arange(0, BLOCK_T)
-        # Out-of-range lanes get a = 1, p = 0, lam0 = 1 so they compute harmless finite values.
-        a = tl.load(a_ptr + pid_b * stride_ab + offs_n, mask=mask_n, other=1.0).to(ACC)
-        p = tl.load(p_ptr + pid_b * stride_ab + offs_n, mask=mask_n, other=0.0).to(ACC)
-        lam_c = tl.load(lam0_ptr + pid_b * N + offs_n, mask=mask_n, other=1.0).to(ACC)
-        eta_c = tl.load(eta0_ptr + pid_b * N + offs_n, mask=mask_n, other=0.0).to(ACC)
         a2 = a * a
         zero = tl.zeros([BLOCK_T, BLOCK_N], dtype=ACC)
         a_t = zero + a[None, :]
@@ -158,15 +165,10 @@ if HAS_TRITON:
         BLOCK_T: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        pid_b = tl.program_id(0).to(tl.int64)
-        pid_n = tl.program_id(1)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
+        pid_b, offs_n, mask_n, a, p, lam0, eta0 = _load_lanes(
+            a_ptr, p_ptr, lam0_ptr, eta0_ptr, N, stride_ab, ACC, BLOCK_N
+        )
         rows = tl.arange(0, BLOCK_T)
-        a = tl.load(a_ptr + pid_b * stride_ab + offs_n, mask=mask_n, other=1.0).to(ACC)
-        p = tl.load(p_ptr + pid_b * stride_ab + offs_n, mask=mask_n, other=0.0).to(ACC)
-        lam0 = tl.load(lam0_ptr + pid_b * N + offs_n, mask=mask_n, other=1.0).to(ACC)
-        eta0 = tl.load(eta0_ptr + pid_b * N + offs_n, mask=mask_n, other=0.0).to(ACC)
         zero = tl.zeros([BLOCK_T, BLOCK_N], dtype=ACC)
         a_t = zero + a[None, :]
         a2_t = a_t * a_t
