@@ -27,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.registry import name_key
 from envs.rendering import close_at_exit, forget_at_exit
 
 DOMAIN_ALIASES: dict[str, str] = {"cup": "ball_in_cup", "pointmass": "point_mass"}
@@ -72,11 +73,6 @@ def _numpy_compat(domain: str) -> None:
 
     if not isinstance(quadruped.np, _NumpyWithIn1d):
         quadruped.np = _NumpyWithIn1d()
-
-
-def name_key(name: str) -> str:
-    """Spelling-insensitive form of a name for matching: surrounding space, case and ``-``/``_`` ignored."""
-    return name.strip().lower().replace("-", "_")
 
 
 def dmc_tasks() -> list[tuple[str, str]]:

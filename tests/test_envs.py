@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs import EnvConfig, canonical_env_name, make_env, register_env, unregister_env
+from envs import EnvConfig, canonical_env_name, make_env, name_key, register_env, unregister_env
 from envs.dmc import DMCEnv, resolve_dmc_name
 from envs.metaworld import MetaWorldEnv
 
@@ -370,6 +370,11 @@ def test_canonical_env_name_of_other_and_unknown_names():
     assert canonical_env_name("dmc/humanoid_cmu-run") == "dmc/humanoid_CMU-run"
     with pytest.raises(ValueError, match="walker: stand, walk, run"):
         canonical_env_name("dmc/walker-fly")
+
+
+def test_name_key_ignores_space_case_and_separators():
+    assert name_key(" DMC/Ball-In_Cup-Catch ") == name_key("dmc/ball_in_cup_catch") == "dmc/ball_in_cup_catch"
+    assert name_key("dmc/walker-walk") != name_key("dmc/walker-run")
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents import make_agent
 from agents.common import Agent
-from envs import canonical_env_name, make_env
-from envs.dmc import name_key
+from envs import canonical_env_name, make_env, name_key
 from training.buffer import ReplayBuffer
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.logger import Logger
@@ -65,8 +64,9 @@ def _by_task(default: Any, *rules: str, _root_: DictConfig) -> Any:
         env = canonical_env_name(str(_root_.env))
     except ValueError:  # an unknown task: make_env reports it with the valid names
         env = str(_root_.env)
+    env_key = name_key(env)
     for pattern, value in parsed:
-        if fnmatch.fnmatchcase(name_key(env), pattern):
+        if fnmatch.fnmatchcase(env_key, pattern):
             return yaml.safe_load(value)
     return default
 
