@@ -37,6 +37,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from training.checkpoint import atomic_write_bytes  # noqa: E402
+
+WALL_SAVE_INTERVAL_S = 60.0
 
 
 def reference_name(task: str) -> str:
@@ -112,13 +118,27 @@ def train(args: argparse.Namespace, task: str, seed: int) -> float:
         ]
         print(f"[{task} seed {seed}] {' '.join(cmd[1:])}")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    before = read_wall(run_dir)
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=ROOT, env=env)
-    if res.returncode != 0:
-        raise SystemExit(f"error: the run for {task} seed {seed} failed (exit {res.returncode}); see {run_dir}")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    while True:
+        # The total is saved while the run goes, so a benchmark killed mid-run loses at most one interval of it.
+        try:
+            returncode = proc.wait(timeout=WALL_SAVE_INTERVAL_S)
+            break
+        except subprocess.TimeoutExpired:
+            write_wall(run_dir, before + time.perf_counter() - t0)
     wall = time.perf_counter() - t0
-    (run_dir / "wall_seconds.txt").write_text(f"{wall + read_wall(run_dir):.1f}\n")
+    write_wall(run_dir, before + wall)
+    if returncode != 0:
+        raise SystemExit(f"error: the run for {task} seed {seed} failed (exit {returncode}); see {run_dir}")
     return wall
+
+
+def write_wall(run_dir: Path, seconds: float) -> None:
+    """Save a run's total wall time (all its segments, resumed ones included) to ``wall_seconds.txt``."""
+    if run_dir.is_dir():  # train.py creates it; until then there is nothing to account for
+        atomic_write_bytes(run_dir / "wall_seconds.txt", f"{seconds:.1f}\n".encode())
 
 
 def read_wall(run_dir: Path) -> float:
