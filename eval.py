@@ -1,5 +1,8 @@
 """Evaluate a saved agent: ``python eval.py checkpoint=<run_dir or checkpoint dir> episodes=10 video=true``.
 
+``+hparams.<key>=<value>`` changes an agent hyperparameter for this evaluation only (the weights stay), e.g.
+``+hparams.plan_mode=policy`` to act with DC-MPC's policy prior instead of the planner, or planner settings.
+
 The agent is rebuilt from the config saved inside the checkpoint and acts through exactly the
 training ``act`` path (eval_mode on). Works across devices (``device=auto|cpu|cuda``).
 Prints a table of returns (and success for Meta-World) and writes mp4 videos.
@@ -25,6 +28,8 @@ def run(cfg: DictConfig) -> dict:
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu", load_buffer=False)
     saved = OmegaConf.create(ckpt.config_yaml)
     saved.device = cfg.device
+    if cfg.hparams:
+        saved.agent.hparams = OmegaConf.merge(saved.agent.hparams, cfg.hparams)
     saved.threads = cfg.threads
     if cfg.env_settings.render_size is not None:
         saved.env_settings.render_size = cfg.env_settings.render_size
@@ -56,7 +61,9 @@ def run(cfg: DictConfig) -> dict:
             results.append((res["returns"][0], res.get("successes", [None])[0], res["episode_length"], video))
     finally:
         env.close()
-    print(f"\n{saved.agent.name} on {saved.env} | checkpoint {ckpt.path} (env step {ckpt.step}) | device {device}")
+    changed = f" | hparams changed: {OmegaConf.to_container(cfg.hparams)}" if cfg.hparams else ""
+    print(f"\n{saved.agent.name} on {saved.env} | checkpoint {ckpt.path} (env step {ckpt.step})", end="")
+    print(f" | device {device}{changed}")
     has_success = results[0][1] is not None
     print(f"{'episode':>7} {'return':>10} {'length':>7}" + (f" {'success':>8}" if has_success else "") + "  video")
     for i, (ret, succ, length, video) in enumerate(results):

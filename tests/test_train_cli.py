@@ -17,7 +17,7 @@ from conftest import ROOT, TINY, compose_config, run_script
 import eval as eval_script
 import train as train_script
 from envs import register_env, unregister_env
-from training.checkpoint import load_checkpoint
+from training.checkpoint import CheckpointError, load_checkpoint
 from training.trainer import TrainingStopped
 
 
@@ -294,3 +294,26 @@ def test_every_online_agent_runs_through_trainer_and_evaluation(tmp_path, agent)
     final = train_script.run(compose_config(overrides))
     assert np.isfinite(final["return_mean"]) and final["episode_length"] == 200
     assert load_checkpoint(tmp_path).step == 600
+
+
+def _eval_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("eval", overrides=overrides)
+
+
+def test_eval_changes_hyperparameters_for_that_evaluation_only(tmp_path):
+    """``+hparams.plan_mode=policy`` evaluates the same DC-MPC weights with the policy prior instead of MPPI."""
+    overrides = [*TINY, "agent=dcmpc", *SMALL_PLANNER, "trainer.steps=600", "trainer.seed_steps=200"]
+    train_script.run(compose_config([*overrides, f"run_dir={tmp_path}"]))
+    base = [f"checkpoint={tmp_path}", "episodes=2", "video=false", "device=cpu", "threads=1"]
+    mppi = eval_script.run(_eval_config(base))
+    policy = eval_script.run(_eval_config([*base, "+hparams.plan_mode=policy"]))
+    assert policy == eval_script.run(_eval_config([*base, "+hparams.plan_mode=policy"]))
+    assert policy["return_mean"] != mppi["return_mean"]
+    assert mppi == eval_script.run(_eval_config(base))  # nothing of the change stuck to the checkpoint
+    with pytest.raises(ValueError, match="not_a_key"):
+        eval_script.run(_eval_config([*base, "+hparams.not_a_key=1"]))
+    with pytest.raises(CheckpointError, match="do not match"):
+        eval_script.run(_eval_config([*base, "+hparams.latent_groups=16"]))
