@@ -52,9 +52,10 @@ from world_models.config import check_fields
 from world_models.dcwm import DCWMConfig, DCWorldModel
 from world_models.kla.belief import BeliefState, KLABeliefConfig, KLABeliefWorldModel
 
-__all__ = ["DCMPCConfig", "DCMPCAgent", "PLAN_MODES", "WORLD_MODELS"]
+__all__ = ["DCMPCConfig", "DCMPCAgent", "PLAN_MODES", "PLAN_VALUES", "WORLD_MODELS"]
 
 PLAN_MODES = ("mppi", "policy")
+PLAN_VALUES = ("mean", "min")
 WORLD_MODELS = ("dcwm", "kla")
 PLANNER_KEYS = {
     "plan_horizon": "horizon",
@@ -91,6 +92,9 @@ class DCMPCConfig(DCWMConfig, TD3Config):
 
     ``plan_mode``: ``"mppi"`` (plan, the DC-MPC agent) or ``"policy"`` (act with the TD3 policy prior
     alone, no planning: for speed comparisons and ablations).
+    ``plan_value``: the terminal value over the ``q_sample_size`` random critics, ``"mean"`` (the paper's) or
+    ``"min"`` (pessimistic, like the TD target: the search over many sampled sequences then exploits critic
+    errors less; measured on reacher-easy, README "Measured results").
     ``compile_planner``: wrap the planner's rollout (``estimate_value``) in ``torch.compile``.
     ``uncertainty_coef``: MPPIConfig's ``uncertainty_coef`` (κ; needs ``world_model="kla"`` when non-zero).
 
@@ -107,6 +111,7 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     batch_size: int = 512  # the paper's; overrides TD3Config's 256
     # planner
     plan_mode: str = "mppi"
+    plan_value: str = "mean"
     # the planner's keys and defaults are MPPIConfig's (PLANNER_KEYS), which also validates them
     plan_horizon: int = MPPIConfig.horizon
     iterations: int = MPPIConfig.iterations
@@ -149,8 +154,11 @@ class DCMPCConfig(DCWMConfig, TD3Config):
             "enc_lr": self.enc_lr > 0,
             "enc_weight_decay": self.enc_weight_decay >= 0,
             "plan_mode": self.plan_mode in PLAN_MODES,
+            "plan_value": self.plan_value in PLAN_VALUES,
         }
-        check_fields(self, checks, "DC-MPC hyperparameter", f"plan_mode in {PLAN_MODES}; enc_lr > 0")
+        check_fields(
+            self, checks, "DC-MPC hyperparameter", f"plan_mode in {PLAN_MODES}; plan_value in {PLAN_VALUES}; enc_lr > 0"
+        )
         try:
             self.mppi_config()
         except ValueError as e:  # MPPIConfig's message, with this config's key names
@@ -171,13 +179,15 @@ class DCMPCPlanningModel:
     """The :class:`agents.planning.PlanningModel` view of a DC-MPC agent (called under no_grad).
 
     ``next``: expected code; ``reward``: reward head; ``value(c) = mean_{k∈M} Q_k(c, π(c))`` with 2
-    random online critics; ``policy(c) = clamp(π(c) + σ·ε)``, ``ε ~ N(0, I)`` drawn per row, so every
-    prior trajectory explores differently. ``prior_std`` is set by the agent before each plan.
+    random online critics (``min`` with ``plan_value="min"``); ``policy(c) = clamp(π(c) + σ·ε)``,
+    ``ε ~ N(0, I)`` drawn per row, so every prior trajectory explores differently. ``prior_std`` is set by
+    the agent before each plan.
     """
 
-    def __init__(self, wm: DCWorldModel | KLABeliefWorldModel, td3: TD3) -> None:
+    def __init__(self, wm: DCWorldModel | KLABeliefWorldModel, td3: TD3, plan_value: str = "mean") -> None:
         self.wm = wm
         self.td3 = td3
+        self.pessimistic = plan_value == "min"
         self.prior_std = 0.0
 
     def next(self, z: Tensor, a: Tensor) -> Tensor:
@@ -192,7 +202,8 @@ class DCMPCPlanningModel:
         return self.wm.uncertainty(z, a)
 
     def value(self, z: Tensor) -> Tensor:
-        return self.td3.q_mean_random(z, self.td3.pi(z))
+        a = self.td3.pi(z)
+        return self.td3.q_min_random(z, a) if self.pessimistic else self.td3.q_mean_random(z, a)
 
     def policy(self, z: Tensor) -> Tensor:
         a = self.td3.pi(z)
@@ -219,7 +230,7 @@ class DCMPCAgent(LatentTD3Agent):
         # Only the world-model loss trains the encoder; TD3 sees detached codes.
         self.wm_opt = torch.optim.AdamW(self.wm.parameters(), lr=cfg.enc_lr, weight_decay=cfg.enc_weight_decay)
         self.planner = MPPIPlanner(cfg.mppi_config(), action_dim, self.device)
-        self.planning_model = DCMPCPlanningModel(self.wm, self.td3)
+        self.planning_model = DCMPCPlanningModel(self.wm, self.td3, cfg.plan_value)
         if cfg.compile_planner:
             # The rollout (H model steps on (S+P) rows) is where planning time goes; plan() itself has
             # data-dependent control flow and stays eager.

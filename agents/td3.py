@@ -93,6 +93,10 @@ class TD3(nn.Module):
         """Mean of ``q_sample_size`` randomly chosen online critics ``[N]`` (planning value, actor loss)."""
         return self.q(z, a)[self._subset()].mean(0)
 
+    def q_min_random(self, z: Tensor, a: Tensor, target: bool = False) -> Tensor:
+        """Min of ``q_sample_size`` randomly chosen critics ``[N]`` (TD target; pessimistic planning value)."""
+        return self.q(z, a, target=target)[self._subset()].min(0).values
+
     def explore_std(self, episode: int) -> float:
         c = self.cfg
         return linear_schedule(c.explore_std_start, c.explore_std_end, c.explore_episodes, episode)
@@ -109,7 +113,7 @@ class TD3(nn.Module):
         with torch.no_grad():
             eps = (torch.randn_like(action) * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
             a_next = (self.pi(z_next, target=True) + eps).clamp(-1.0, 1.0)
-            q_next = self.q(z_next, a_next, target=True)[self._subset()].min(0).values
+            q_next = self.q_min_random(z_next, a_next, target=True)
             y = ret + discount * q_next
         q = self.q(z, action)
         critic_loss = F.mse_loss(q, y.expand_as(q))

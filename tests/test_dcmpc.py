@@ -53,6 +53,7 @@ def batch(agent: DCMPCAgent, seed: int = 0) -> TensorDict:
         ("horizon", 0),
         ("iterations", 0),
         ("plan_mode", "greedy"),
+        ("plan_value", "max"),
         ("plan_discount", 1.5),
         ("min_std", 0.0),
         ("reward_bound", [1.0, 1.0]),
@@ -138,6 +139,22 @@ def test_planning_value_is_mean_of_two_of_the_critics_at_pi():
     pair_means = [q[list(p)].mean(0) for p in itertools.combinations(range(5), 2)]
     assert any(torch.allclose(v, m, atol=1e-6) for m in pair_means)
     assert not torch.allclose(v, q.mean(0), atol=1e-6)  # not the mean of all five
+
+
+def test_pessimistic_planning_value_is_min_of_two_of_the_critics_at_pi():
+    torch.manual_seed(0)
+    agent = tiny_agent(plan_value="min")
+    with torch.no_grad():
+        z = agent.wm.encode(torch.randn(7, OBS))
+        torch.manual_seed(1)
+        v = agent.planning_model.value(z)
+        q = agent.td3.q(z, agent.td3.pi(z))  # [5, 7]
+        torch.manual_seed(1)  # the same critics drawn: the mean of that pair is >= its min, equal only where they agree
+        v_mean = agent.td3.q_mean_random(z, agent.td3.pi(z))
+    pair_mins = {p: q[list(p)].min(0).values for p in itertools.combinations(range(5), 2)}
+    pair = next(p for p, m in pair_mins.items() if torch.allclose(v, m, atol=1e-6))
+    torch.testing.assert_close(v_mean, q[list(pair)].mean(0))
+    assert (v <= v_mean + 1e-6).all() and (v < v_mean - 1e-6).any()
 
 
 def test_planning_rollout_uses_expected_codes():
