@@ -151,6 +151,8 @@ def collect(args: argparse.Namespace, tasks: list[str], seeds: list[int]) -> lis
     for task in tasks:
         for seed in seeds:
             path = run_dir_of(args.out, args.agent, task, seed) / "eval.csv"
+            if not path.is_file():
+                raise SystemExit(f"error: no evaluations for {task} seed {seed}: {path} does not exist")
             for r in csv.DictReader(open(path, newline="")):
                 rows.append(
                     {

@@ -64,3 +64,10 @@ def test_benchmark_runs_resumes_and_accounts_wall_time(tmp_path):
     stdout = _bench(out, 800, reference)
     assert "done already (800 env steps)" in stdout
     assert float((run_dir / "wall_seconds.txt").read_text()) == wall_total
+
+
+def test_summary_of_a_missing_run_is_a_clear_error(tmp_path):
+    args = ["--agent", "iqrl", "--tasks", "gym/Pendulum-v1", "--seeds", "1", "--out", str(tmp_path), "--no-train"]
+    res = run_script("benchmarks/sample_efficiency.py", args)
+    assert res.returncode != 0
+    assert "no evaluations for gym/Pendulum-v1 seed 1" in res.stderr and "eval.csv does not exist" in res.stderr
