@@ -62,8 +62,8 @@ def run(cfg: DictConfig) -> dict:
     finally:
         env.close()
     changed = f" | hparams changed: {OmegaConf.to_container(cfg.hparams)}" if cfg.hparams else ""
-    print(f"\n{saved.agent.name} on {saved.env} | checkpoint {ckpt.path} (env step {ckpt.step})", end="")
-    print(f" | device {device}{changed}")
+    header = f"{saved.agent.name} on {saved.env} | checkpoint {ckpt.path} (env step {ckpt.step}) | device {device}"
+    print(f"\n{header}{changed}")
     has_success = results[0][1] is not None
     print(f"{'episode':>7} {'return':>10} {'length':>7}" + (f" {'success':>8}" if has_success else "") + "  video")
     for i, (ret, succ, length, video) in enumerate(results):

@@ -40,9 +40,10 @@ TINY = [
 ]
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], config_name: str = "config", **kw):
+    """Compose ``configs/<config_name>.yaml`` (``config`` for train.py, ``eval`` for eval.py) as Hydra would."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose(config_name, overrides=overrides, **kw)
 
 
 def run_script(script: str, args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:

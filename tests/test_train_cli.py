@@ -244,23 +244,15 @@ def test_malformed_per_task_rule_is_a_clear_error(rules):
 
 
 def test_slurm_launcher_preset_composes():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    cfg = compose_config(["hydra/launcher=slurm"], return_hydra_config=True)
     assert "SlurmLauncher" in cfg.hydra.launcher._target_
     assert cfg.hydra.launcher.gpus_per_node == 1
 
 
 def test_eval_requires_checkpoint():
-    cfg = compose_config([])  # the train config has no `checkpoint`; build the eval one
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        ecfg = compose("eval", overrides=[])
-    assert cfg.env  # sanity: train config composes without overrides
+    assert compose_config([]).env  # sanity: the train config composes without overrides
     with pytest.raises(ValueError, match="checkpoint="):
-        eval_script.run(ecfg)
+        eval_script.run(compose_config([], config_name="eval"))
 
 
 SMALL_PLANNER = [
@@ -296,24 +288,17 @@ def test_every_online_agent_runs_through_trainer_and_evaluation(tmp_path, agent)
     assert load_checkpoint(tmp_path).step == 600
 
 
-def _eval_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("eval", overrides=overrides)
-
-
 def test_eval_changes_hyperparameters_for_that_evaluation_only(tmp_path):
     """``+hparams.plan_mode=policy`` evaluates the same DC-MPC weights with the policy prior instead of MPPI."""
     overrides = [*TINY, "agent=dcmpc", *SMALL_PLANNER, "trainer.steps=600", "trainer.seed_steps=200"]
     train_script.run(compose_config([*overrides, f"run_dir={tmp_path}"]))
     base = [f"checkpoint={tmp_path}", "episodes=2", "video=false", "device=cpu", "threads=1"]
-    mppi = eval_script.run(_eval_config(base))
-    policy = eval_script.run(_eval_config([*base, "+hparams.plan_mode=policy"]))
-    assert policy == eval_script.run(_eval_config([*base, "+hparams.plan_mode=policy"]))
+    mppi = eval_script.run(compose_config(base, "eval"))
+    policy = eval_script.run(compose_config([*base, "+hparams.plan_mode=policy"], "eval"))
+    assert policy == eval_script.run(compose_config([*base, "+hparams.plan_mode=policy"], "eval"))
     assert policy["return_mean"] != mppi["return_mean"]
-    assert mppi == eval_script.run(_eval_config(base))  # nothing of the change stuck to the checkpoint
+    assert mppi == eval_script.run(compose_config(base, "eval"))  # nothing of the change stuck to the checkpoint
     with pytest.raises(ValueError, match="not_a_key"):
-        eval_script.run(_eval_config([*base, "+hparams.not_a_key=1"]))
+        eval_script.run(compose_config([*base, "+hparams.not_a_key=1"], "eval"))
     with pytest.raises(CheckpointError, match="do not match"):
-        eval_script.run(_eval_config([*base, "+hparams.latent_groups=16"]))
+        eval_script.run(compose_config([*base, "+hparams.latent_groups=16"], "eval"))
