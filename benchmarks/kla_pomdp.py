@@ -27,10 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
 import train as train_script  # noqa: E402
-import training.setup  # noqa: E402,F401  (registers ${sized:...})
+from training.setup import compose_config  # noqa: E402
 
 WORLD_MODELS = ("dcwm", "kla")
 OBSERVABILITY = ("full", "pomdp")
@@ -65,8 +63,7 @@ def overrides_for(
 
 def run_one(overrides: list[str]) -> tuple[float, float]:
     """Train one run; returns (final eval return, wall seconds)."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     t0 = time.perf_counter()
     final = train_script.run(cfg)
     return float(final["return_mean"]), time.perf_counter() - t0

@@ -170,7 +170,7 @@ def make_toy_dataset(
 
 def run_variant(dataset: str, variant: str, seed: int, overrides: Sequence[str], out: Path) -> dict[str, Any]:
     """One offline run of ``variant`` (a key of ``agents.meta_rl.VARIANTS``); returns its final eval + time."""
-    from hydra import compose, initialize_config_dir
+    from training.setup import compose_config
 
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}; valid: {sorted(VARIANTS)}")
@@ -185,8 +185,7 @@ def run_variant(dataset: str, variant: str, seed: int, overrides: Sequence[str],
         *var,
         *overrides,
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=args)
+    cfg = compose_config(args)
     t0 = time.perf_counter()
     final = run_offline(cfg)
     assert final is not None

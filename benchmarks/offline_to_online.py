@@ -37,16 +37,8 @@ import train as train_script  # noqa: E402
 from benchmarks.offline_meta import make_toy_dataset  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
 from training.offline import run_offline  # noqa: E402
-from training.setup import build_agent, build_env, setup_process  # noqa: E402
+from training.setup import build_agent, build_env, compose_config, setup_process  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
-
-
-def compose(overrides: Sequence[str]) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
 
 
 def make_base(out: Path, family: str, tasks: int, updates: int, threads: int, overrides: Sequence[str]) -> Path:
@@ -70,7 +62,7 @@ def make_base(out: Path, family: str, tasks: int, updates: int, threads: int, ov
         f"threads={threads}",
         *overrides,
     ]
-    run_offline(compose(args))
+    run_offline(compose_config(args))
     return run_dir
 
 
@@ -95,7 +87,7 @@ def initial_eval(cfg: Any) -> dict[str, float]:
 def run_mode(base: str, mode: str, seed: int, overrides: Sequence[str], out: Path) -> list[dict[str, Any]]:
     """One online run; returns its evaluation rows (env step 0 = the offline policy)."""
     run_dir = out / mode / f"s{seed}"
-    cfg = compose(
+    cfg = compose_config(
         [
             "experiment=offline_to_online",
             f"agent.hparams.base_checkpoint={base}",

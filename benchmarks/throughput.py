@@ -16,10 +16,9 @@ import time
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
 from agents import AGENTS
-from training.setup import build_agent, build_buffer, build_env, setup_process
+from training.setup import build_agent, build_buffer, build_env, compose_config, setup_process
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -31,8 +30,7 @@ def peak_rss_mib() -> float:
 def measure(agent_name: str, args: argparse.Namespace) -> dict:
     overrides = [f"agent={agent_name}", f"env={args.env}", f"agent.size={args.size}", f"device={args.device}"]
     overrides += [f"threads={args.threads}", "wandb.mode=disabled"]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides + args.override)
+    cfg = compose_config(overrides + args.override)
     device = setup_process(cfg)
     env = build_env(cfg)
     agent = build_agent(cfg, env, device)

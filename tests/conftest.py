@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-import training.setup  # noqa: F401  (registers the ${sized:...} resolver)
+from training.setup import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,12 +37,6 @@ TINY = [
     "wandb.mode=disabled",
     "threads=1",
 ]
-
-
-def compose_config(overrides: list[str], config_name: str = "config", **kw):
-    """Compose ``configs/<config_name>.yaml`` (``config`` for train.py, ``eval`` for eval.py) as Hydra would."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name, overrides=overrides, **kw)
 
 
 def run_script(script: str, args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:

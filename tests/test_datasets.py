@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, compose_config, run_script
+from conftest import TINY, run_script
 from omegaconf import OmegaConf
 
 import envs.task_families as tf
@@ -31,6 +31,7 @@ from envs.datasets import (
 )
 from training.buffer import ReplayBuffer
 from training.checkpoint import save_checkpoint
+from training.setup import compose_config
 
 EPISODE_LENGTHS = (4, 5, 3)
 POLICY = {

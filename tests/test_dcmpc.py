@@ -10,12 +10,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, random_windows, train_vs_random
+from conftest import random_windows, train_vs_random
 from tensordict import TensorDict
 
 from agents import make_agent
 from agents.dcmpc import DCMPCAgent, DCMPCConfig, DCMPCPlanningModel
-from training.setup import build_agent, build_env
+from training.setup import build_agent, build_env, compose_config
 
 OBS, ACT = 5, 2
 TINY = dict(

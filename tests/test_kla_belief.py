@@ -9,11 +9,11 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, random_windows, train_vs_random
+from conftest import random_windows, train_vs_random
 from tensordict import TensorDict
 
 from agents.dcmpc import DCMPCAgent, DCMPCConfig
-from training.setup import build_agent, build_env
+from training.setup import build_agent, build_env, compose_config
 from world_models.kla import KLABeliefConfig, KLABeliefWorldModel, kla_scan_reference, posterior
 
 F64 = torch.float64

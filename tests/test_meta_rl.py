@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, run_script
+from conftest import run_script
 
 import benchmarks.offline_meta as offline_meta
 from agents.common import NonFiniteLossError
 from agents.meta_rl import VARIANTS, MetaRLAgent, MetaRLConfig
 from training.checkpoint import load_checkpoint
 from training.offline import TaskSampler, load_any_dataset, run_offline
+from training.setup import compose_config
 from training.trainer import TrainingStopped
 from world_models.config import build_config
 

@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, run_script
+from conftest import run_script
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
@@ -35,6 +35,7 @@ from envs import EnvConfig, make_env
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.evaluation import evaluate
 from training.offline import run_offline
+from training.setup import compose_config
 from training.trainer import Trainer
 from world_models.config import build_config
 

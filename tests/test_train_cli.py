@@ -12,12 +12,13 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_config, run_script
+from conftest import ROOT, TINY, run_script
 
 import eval as eval_script
 import train as train_script
 from envs import register_env, unregister_env
 from training.checkpoint import CheckpointError, load_checkpoint
+from training.setup import compose_config
 from training.trainer import TrainingStopped
 
 
@@ -293,12 +294,13 @@ def test_eval_changes_hyperparameters_for_that_evaluation_only(tmp_path):
     overrides = [*TINY, "agent=dcmpc", *SMALL_PLANNER, "trainer.steps=600", "trainer.seed_steps=200"]
     train_script.run(compose_config([*overrides, f"run_dir={tmp_path}"]))
     base = [f"checkpoint={tmp_path}", "episodes=2", "video=false", "device=cpu", "threads=1"]
-    mppi = eval_script.run(compose_config(base, "eval"))
-    policy = eval_script.run(compose_config([*base, "+hparams.plan_mode=policy"], "eval"))
-    assert policy == eval_script.run(compose_config([*base, "+hparams.plan_mode=policy"], "eval"))
+    mppi = eval_script.run(compose_config(base, config_name="eval"))
+    policy = eval_script.run(compose_config([*base, "+hparams.plan_mode=policy"], config_name="eval"))
+    assert policy == eval_script.run(compose_config([*base, "+hparams.plan_mode=policy"], config_name="eval"))
     assert policy["return_mean"] != mppi["return_mean"]
-    assert mppi == eval_script.run(compose_config(base, "eval"))  # nothing of the change stuck to the checkpoint
+    # nothing of the change stuck to the checkpoint
+    assert mppi == eval_script.run(compose_config(base, config_name="eval"))
     with pytest.raises(ValueError, match="not_a_key"):
-        eval_script.run(compose_config([*base, "+hparams.not_a_key=1"], "eval"))
+        eval_script.run(compose_config([*base, "+hparams.not_a_key=1"], config_name="eval"))
     with pytest.raises(CheckpointError, match="do not match"):
-        eval_script.run(compose_config([*base, "+hparams.latent_groups=16"], "eval"))
+        eval_script.run(compose_config([*base, "+hparams.latent_groups=16"], config_name="eval"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from agents import make_agent
@@ -25,6 +27,16 @@ from training.trainer import TrainerConfig
 from world_models.config import build_config
 
 SIZES = ("auto", "paper", "small")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose_config(overrides: Sequence[str], config_name: str = "config", **kw: Any) -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` with ``overrides`` as the command line would.
+
+    ``config`` is train.py's config, ``eval`` eval.py's; for benchmarks and tests that run a job in-process.
+    """
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), **kw)
 
 
 def resolve_size(size: str, device: str) -> str:
