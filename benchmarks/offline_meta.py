@@ -37,11 +37,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import envs.task_families as task_families  # noqa: E402
-import training.setup  # noqa: E402,F401  (registers ${sized:...})
 from agents.meta_rl import VARIANTS  # noqa: E402
 from envs.datasets import save_dataset  # noqa: E402
 from scripts import collect_dataset  # noqa: E402
 from training.offline import run_offline  # noqa: E402
+from training.setup import compose_config  # noqa: E402
 
 LINEAR_POLICY_ID = 5
 CENTRE_POLICY_ID = 6
@@ -170,8 +170,6 @@ def make_toy_dataset(
 
 def run_variant(dataset: str, variant: str, seed: int, overrides: Sequence[str], out: Path) -> dict[str, Any]:
     """One offline run of ``variant`` (a key of ``agents.meta_rl.VARIANTS``); returns its final eval + time."""
-    from training.setup import compose_config
-
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}; valid: {sorted(VARIANTS)}")
     var = [f"agent.hparams.{k}={v}" for k, v in VARIANTS[variant].items()]
