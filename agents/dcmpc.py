@@ -65,6 +65,7 @@ PLANNER_KEYS = {
     "num_pi_trajs": "num_pi_trajs",
     "min_std": "min_std",
     "max_std": "max_std",
+    "eval_max_std": "eval_max_std",
     "temperature": "temperature",
     "plan_discount": "discount",
     "use_mppi_mean": "use_mean",
@@ -88,6 +89,7 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     num_samples    num_samples                temperature     temperature
     num_elites     num_elites                 plan_discount   discount (ρ in J)
     num_pi_trajs   num_pi_trajs               use_mppi_mean   use_mean
+    eval_max_std   eval_max_std
     ============== =========================  ==============  =========================
 
     ``plan_mode``: ``"mppi"`` (plan, the DC-MPC agent) or ``"policy"`` (act with the TD3 policy prior
@@ -120,6 +122,7 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     num_pi_trajs: int = MPPIConfig.num_pi_trajs
     min_std: float = MPPIConfig.min_std
     max_std: float = MPPIConfig.max_std
+    eval_max_std: float | None = MPPIConfig.eval_max_std
     temperature: float = MPPIConfig.temperature
     plan_discount: float = MPPIConfig.discount
     use_mppi_mean: bool = MPPIConfig.use_mean

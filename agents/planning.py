@@ -21,7 +21,9 @@ For each of ``B`` independent environments, given the latent ``z`` of the curren
        μ ← Σ_k s_k a^{(k)},    σ ← clamp( sqrt(Σ_k s_k (a^{(k)} − μ)²), min_std, max_std ).
 
    At the first iteration ``σ = max_std`` and ``μ`` is the previous plan's final mean shifted one
-   step forward with a zero last step (warm start), or zeros at the start of an episode.
+   step forward with a zero last step (warm start), or zeros at the start of an episode. In
+   evaluation (``eval_mode=True``) ``eval_max_std``, when set, takes the place of ``max_std`` in both:
+   a narrower search around the warm start and the prior trajectories, for acting greedily.
 3. **Action.** The final ``μ`` is stored for the next warm start. The returned action is the first
    action of one elite drawn with probability ``s_k`` (``use_mean=False``, as in DC-MPC and TD-MPC2)
    or ``μ_0`` (``use_mean=True``).
@@ -53,6 +55,8 @@ class MPPIConfig:
             elites are picked among the sampled and the policy-prior sequences together.
         num_pi_trajs: policy-prior sequences per environment (0 disables the prior).
         min_std, max_std: clamp of the per-dimension sampling std; each ``plan`` starts at ``max_std``.
+        eval_max_std: ``max_std`` of evaluation plans (``eval_mode=True``); None = ``max_std``. Training
+            plans, and so the data collected, never see it.
         temperature: τ in the elite scores exp(τ (J − max J)).
         discount: ρ in J. 0.9 is the DC-MPC code's value (its fault 5: ρ is used where the paper
             writes γ); TD-MPC2 discounts with the agent's γ instead. Must lie in (0, 1].
@@ -69,6 +73,7 @@ class MPPIConfig:
     num_pi_trajs: int = 24
     min_std: float = 0.05
     max_std: float = 2.0
+    eval_max_std: float | None = None
     temperature: float = 0.5
     discount: float = 0.9
     use_mean: bool = False
@@ -95,6 +100,11 @@ class MPPIConfig:
         if not self.min_std <= self.max_std:
             raise ValueError(
                 f"MPPIConfig.max_std must be >= min_std, got min_std={self.min_std}, max_std={self.max_std}"
+            )
+        if self.eval_max_std is not None and not self.min_std <= self.eval_max_std:
+            raise ValueError(
+                f"MPPIConfig.eval_max_std must be >= min_std (or None), got min_std={self.min_std}, "
+                f"eval_max_std={self.eval_max_std}"
             )
         if not self.temperature > 0:
             raise ValueError(f"MPPIConfig.temperature must be > 0, got {self.temperature}")
@@ -242,7 +252,7 @@ class MPPIPlanner:
     ) -> Tensor:
         """Plan for ``B`` environments from latents ``z [B, *latent]``; return actions ``[B, A]`` in
         ``[-1, 1]``. All sampling uses ``generator`` (which must live on ``z``'s device) when given.
-        ``eval_mode`` picks the warm-start slot (see the class docstring)."""
+        ``eval_mode`` picks the warm-start slot (see the class docstring) and ``eval_max_std``."""
         cfg = self.cfg
         if z.dim() < 1 or z.shape[0] < 1:
             raise ValueError(f"z must be batched as [B, *latent] with B >= 1, got shape {tuple(z.shape)}")
@@ -256,8 +266,9 @@ class MPPIPlanner:
         prior = self._prior_trajectories(z, model, dtype) if p > 0 else None
         z_rows = _repeat_rows(z, n_traj)  # [B·(P+S), *latent], env-major
 
+        max_std = cfg.eval_max_std if eval_mode and cfg.eval_max_std is not None else cfg.max_std
         mean = self.warm_start_mean(b, eval_mode=eval_mode, dtype=dtype).to(z.device)
-        std = torch.full_like(mean, cfg.max_std)
+        std = torch.full_like(mean, max_std)
         actions = torch.empty(b, n_traj, h_, a_, device=z.device, dtype=dtype)
         if prior is not None:
             actions[:, :p] = prior
@@ -281,7 +292,7 @@ class MPPIPlanner:
             w = score[:, :, None, None]
             mean = (w * elite_actions).sum(dim=1)
             var = (w * (elite_actions - mean.unsqueeze(1)) ** 2).sum(dim=1)
-            std = var.sqrt().clamp(cfg.min_std, cfg.max_std)
+            std = var.sqrt().clamp(cfg.min_std, max_std)
 
         if bool(bad.any()):
             raise RuntimeError(

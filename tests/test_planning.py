@@ -313,6 +313,30 @@ def test_warm_start_stores_plan_and_reset_clears_it() -> None:
     torch.testing.assert_close(first_round.mean(dim=1), torch.zeros(b, 3, 1), rtol=0, atol=0.05)
 
 
+def test_eval_max_std_narrows_evaluation_plans_only() -> None:
+    x = states()
+    b = len(STATES)
+    base = MPPIConfig(discount=RHO, max_std=2.0)
+    narrow = dataclasses.replace(base, eval_max_std=0.3)
+
+    def run(cfg: MPPIConfig, eval_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        model = LQModel()
+        gen = torch.Generator().manual_seed(4)
+        a = MPPIPlanner(cfg, action_dim=1).plan(x, model, eval_mode=eval_mode, generator=gen)
+        first_round = torch.stack(model.reward_actions[: cfg.horizon], dim=1)
+        first = first_round.view(b, cfg.num_pi_trajs + cfg.num_samples, cfg.horizon, 1)
+        return a, first[:, cfg.num_pi_trajs :]
+
+    # training plans (and so the data an agent collects) do not see it
+    assert torch.equal(run(narrow, False)[0], run(base, False)[0])
+    # an evaluation plan is exactly a plan with max_std = eval_max_std, starting and clamped at 0.3 ...
+    a_eval, first_eval = run(narrow, True)
+    assert torch.equal(a_eval, run(dataclasses.replace(base, max_std=0.3), True)[0])
+    assert abs(first_eval.std().item() - 0.3) < 0.02
+    # ... where the default eval plan samples at max_std = 2 (then clipped to [-1, 1])
+    assert run(base, True)[1].std().item() > 0.8
+
+
 # --------------------------------------------------------------------------- (d) determinism, batching
 def test_same_seed_same_action() -> None:
     x = states()
@@ -345,6 +369,7 @@ def test_batched_equals_separate_up_to_sampling() -> None:
         ("min_std", 0.0),
         ("min_std", 3.0),  # > max_std
         ("max_std", 0.01),  # < min_std
+        ("eval_max_std", 0.01),  # < min_std
         ("temperature", 0.0),
         ("discount", 0.0),
         ("discount", 1.5),
