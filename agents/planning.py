@@ -22,8 +22,9 @@ For each of ``B`` independent environments, given the latent ``z`` of the curren
 
    At the first iteration ``σ = max_std`` and ``μ`` is the previous plan's final mean shifted one
    step forward with a zero last step (warm start), or zeros at the start of an episode. In
-   evaluation (``eval_mode=True``) ``eval_max_std``, when set, takes the place of ``max_std`` in both:
-   a narrower search around the warm start and the prior trajectories, for acting greedily.
+   evaluation (``eval_mode=True``) ``eval_max_std``, when set, takes the place of ``max_std`` both as the
+   first iteration's σ and as the upper clamp of every refit: a narrower search around the warm start
+   and the prior trajectories, for acting greedily.
 3. **Action.** The final ``μ`` is stored for the next warm start. The returned action is the first
    action of one elite drawn with probability ``s_k`` (``use_mean=False``, as in DC-MPC and TD-MPC2)
    or ``μ_0`` (``use_mean=True``).
