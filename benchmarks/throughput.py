@@ -13,6 +13,7 @@ import argparse
 import gc
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ import torch
 from agents import AGENTS
 from training.setup import build_agent, build_buffer, build_env, compose_config, setup_process
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mib() -> float:
