@@ -13,7 +13,8 @@
   noise ``N(0, σ_t²)``, ``σ_t`` linear 1.0 -> 0.1 over ``explore_episodes`` episodes.
 
 Differences from the public code (fact sheet §8), on purpose: every policy-prior trajectory draws its
-own noise (fault 6: the code broadcasts one noise vector, making all 24 prior trajectories identical);
+own noise (fault 6: the code broadcasts one noise vector, making all 24 prior trajectories identical;
+``repeat_prior=True`` reproduces that);
 the terminal action ``π(c_H)`` is noiseless (as in the paper's equation; the code adds σ_t noise);
 n-step targets keep γ for n = 1 and handle terminations (faults 3, 4, via :func:`agents.td3.nstep_targets`);
 all optimiser states and the episode counter (which sets σ_t) are checkpointed (faults 1, 10).
@@ -63,6 +64,7 @@ PLANNER_KEYS = {
     "num_samples": "num_samples",
     "num_elites": "num_elites",
     "num_pi_trajs": "num_pi_trajs",
+    "repeat_prior": "repeat_prior",
     "min_std": "min_std",
     "max_std": "max_std",
     "eval_max_std": "eval_max_std",
@@ -89,7 +91,7 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     num_samples    num_samples                temperature     temperature
     num_elites     num_elites                 plan_discount   discount (ρ in J)
     num_pi_trajs   num_pi_trajs               use_mppi_mean   use_mean
-    eval_max_std   eval_max_std
+    eval_max_std   eval_max_std               repeat_prior    repeat_prior
     ============== =========================  ==============  =========================
 
     ``plan_mode``: ``"mppi"`` (plan, the DC-MPC agent) or ``"policy"`` (act with the TD3 policy prior
@@ -120,6 +122,7 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     num_samples: int = MPPIConfig.num_samples
     num_elites: int = MPPIConfig.num_elites
     num_pi_trajs: int = MPPIConfig.num_pi_trajs
+    repeat_prior: bool = MPPIConfig.repeat_prior
     min_std: float = MPPIConfig.min_std
     max_std: float = MPPIConfig.max_std
     eval_max_std: float | None = MPPIConfig.eval_max_std

@@ -7,7 +7,8 @@ For each of ``B`` independent environments, given the latent ``z`` of the curren
    through the model: ``a_h = π(z_h)``, ``z_{h+1} = f(z_h, a_h)`` for ``h < H``. The planner calls
    ``model.policy`` on ``B·P`` rows (``z`` repeated), so a noisy prior can give every trajectory its
    own noise (draw it with shape ``[N, A]``, never ``[A]`` broadcast: the public DC-MPC code's shared
-   noise makes all 24 prior trajectories identical).
+   noise makes all 24 prior trajectories identical). ``repeat_prior=True`` reproduces that on purpose:
+   one rollout per environment, repeated ``P`` times in the pool.
 2. **Iterations** ``i = 1 … I``. Sample ``S = num_samples`` sequences
    ``a^{(j)} ~ N(μ, σ²)`` clamped to ``[-1, 1]``, append the ``P`` prior sequences and score each by
 
@@ -55,6 +56,11 @@ class MPPIConfig:
         num_elites: K, sequences kept per round; at most ``num_samples + num_pi_trajs`` since
             elites are picked among the sampled and the policy-prior sequences together.
         num_pi_trajs: policy-prior sequences per environment (0 disables the prior).
+        repeat_prior: roll the prior once per environment and put that one sequence in the pool
+            ``num_pi_trajs`` times (False: ``num_pi_trajs`` rollouts, each with its own noise). True is what
+            the public DC-MPC code does in effect (its fault 6: one noise vector broadcast over the 24
+            rollouts makes them identical), so a good prior sequence can fill ``num_pi_trajs`` elite slots
+            and weighs that much more in the refit and in the executed-action draw.
         min_std, max_std: clamp of the per-dimension sampling std; each ``plan`` starts at ``max_std``.
         eval_max_std: ``max_std`` of evaluation plans (``eval_mode=True``); None = ``max_std``. Training
             plans, and so the data collected, never see it.
@@ -72,6 +78,7 @@ class MPPIConfig:
     num_samples: int = 512
     num_elites: int = 64
     num_pi_trajs: int = 24
+    repeat_prior: bool = False
     min_std: float = 0.05
     max_std: float = 2.0
     eval_max_std: float | None = None
@@ -226,7 +233,7 @@ class MPPIPlanner:
     def _prior_trajectories(self, z: Tensor, model: PlanningModel, dtype: torch.dtype) -> Tensor:
         """Roll the policy prior out of each env's latent: ``[B, P, H, A]``."""
         cfg = self.cfg
-        b, p = z.shape[0], cfg.num_pi_trajs
+        b, p = z.shape[0], (1 if cfg.repeat_prior else cfg.num_pi_trajs)
         zr = _repeat_rows(z, p)
         acts = []
         for h in range(cfg.horizon):
@@ -239,7 +246,8 @@ class MPPIPlanner:
             acts.append(a)
             if h < cfg.horizon - 1:
                 zr = model.next(zr, a)
-        return torch.stack(acts, dim=1).view(b, p, cfg.horizon, self.action_dim)
+        rolled = torch.stack(acts, dim=1).view(b, p, cfg.horizon, self.action_dim)
+        return rolled.expand(b, cfg.num_pi_trajs, cfg.horizon, self.action_dim)
 
     # ------------------------------------------------------------------ planning
     @torch.no_grad()

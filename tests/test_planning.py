@@ -214,6 +214,30 @@ def test_optimal_prior_helps_with_few_samples() -> None:
     assert regrets["optimal prior"] < 0.5 * regrets["no prior"], regrets
 
 
+def test_repeat_prior_puts_one_rollout_in_the_pool_p_times() -> None:
+    x, p, s = states(), 4, 16
+    b = len(STATES)
+    cfg = MPPIConfig(
+        iterations=1, num_samples=s, num_elites=8, num_pi_trajs=p, discount=RHO, use_mean=True, repeat_prior=True
+    )
+    model = LQModel(prior="optimal", prior_noise=0.1)
+    a = plan(cfg, x, model)
+    # one rollout per environment: H policy calls on B rows, not B·P
+    assert [z.shape for z in model.policy_inputs] == [(b, 1)] * cfg.horizon
+    acts = torch.stack(model.reward_actions, dim=1).view(b, p + s, cfg.horizon, 1)
+    prior = acts[:, :p]
+    assert torch.equal(prior, prior[:, :1].expand_as(prior))  # P identical sequences per environment
+    assert (prior[:, 0, 0] - (-K_STAR * x)).abs().max() > 1e-3  # ... of one noisy rollout
+    # the refit counts them as P pool members (they can fill P elite slots)
+    _, _, mean, _ = reference_iteration(x, acts, cfg)
+    torch.testing.assert_close(a, mean[:, 0])
+    # without it, every prior sequence has its own noise
+    model = LQModel(prior="optimal", prior_noise=0.1)
+    plan(dataclasses.replace(cfg, repeat_prior=False), x, model)
+    prior = torch.stack(model.reward_actions, dim=1).view(b, p + s, cfg.horizon, 1)[:, :p]
+    assert (prior - prior[:, :1]).abs().amax(dim=(2, 3))[:, 1:].min() > 1e-4
+
+
 def reference_iteration(x: torch.Tensor, acts: torch.Tensor, cfg: MPPIConfig):
     """One MPPI refit written out from the equations, on the sampled sequences acts [B, S, H, 1]."""
     b, s, h_, _ = acts.shape
