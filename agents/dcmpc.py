@@ -5,7 +5,7 @@
   AdamW on the world-model loss only.
 * Critic and policy prior: TD3 (:mod:`agents.td3`) on the *detached* codes ``z = FSQ(e(o))``: value
   learning never shapes the representation.
-* Acting: :class:`agents.planning.MPPIPlanner` over expected-code rollouts, scoring a sequence by::
+* Acting: :class:`agents.planning.MPPIPlanner` over expected-code rollouts (``plan_code``), scoring a sequence by::
 
       J = Σ_{h<H} ρ^h R(c_h, a_h) + ρ^H · mean_{k∈M} Q_k(c_H, π(c_H)),   c_{h+1} = E[c' | c_h, a_h]
 
@@ -149,6 +149,11 @@ class DCMPCConfig(DCWMConfig, TD3Config):
         DCWMConfig.__post_init__(self)
         if self.world_model not in WORLD_MODELS:
             raise ValueError(f"invalid DC-MPC hyperparameter world_model={self.world_model!r}; one of {WORLD_MODELS}")
+        if self.plan_code != "expected" and self.world_model != "dcwm":
+            raise ValueError(
+                f"invalid DC-MPC hyperparameter plan_code={self.plan_code!r}: only world_model=dcwm plans over "
+                f"codes (world_model={self.world_model!r}); set it to 'expected'"
+            )
         if self.uncertainty_coef != 0 and self.world_model != "kla":
             raise ValueError(
                 f"invalid DC-MPC hyperparameter uncertainty_coef={self.uncertainty_coef}: only world_model=kla "
@@ -184,7 +189,8 @@ class DCMPCConfig(DCWMConfig, TD3Config):
 class DCMPCPlanningModel:
     """The :class:`agents.planning.PlanningModel` view of a DC-MPC agent (called under no_grad).
 
-    ``next``: expected code; ``reward``: reward head; ``value(c) = mean_{k∈M} Q_k(c, π(c))`` with 2
+    ``next``: the world model's planning transition (DCWM: expected code, or its mode with ``plan_code="mode"``);
+    ``reward``: reward head; ``value(c) = mean_{k∈M} Q_k(c, π(c))`` with 2
     random online critics (``min`` with ``plan_value="min"``); ``policy(c) = clamp(π(c) + σ·ε)``,
     ``ε ~ N(0, I)`` drawn per row, so every prior trajectory explores differently. ``prior_std`` is set by
     the agent before each plan.

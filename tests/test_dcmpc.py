@@ -64,6 +64,12 @@ def test_invalid_config_raises_naming_the_field(field, value):
         DCMPCConfig(**{field: value})
 
 
+def test_mode_codes_need_the_codebook_world_model():
+    DCMPCConfig(plan_code="mode")  # dcwm: fine
+    with pytest.raises(ValueError, match="plan_code"):
+        DCMPCConfig(plan_code="mode", world_model="kla")
+
+
 def test_invalid_config_through_hydra_names_field_and_file():
     cfg = compose_config(["agent=dcmpc", "agent.size=small", "agent.hparams.num_elites=1000"])
     env = build_env(cfg)

@@ -134,6 +134,25 @@ def test_expected_code_is_softmax_weighted_codebook_by_hand():
     assert torch.equal(wm.next(z, a), wm.next(z, a))
 
 
+def test_mode_code_is_the_most_likely_codebook_entry_by_hand():
+    torch.manual_seed(0)
+    wm = DCWorldModel(OBS, ACT, small_cfg(plan_code="mode"))
+    z, a = wm.encode(torch.randn(4, OBS)), torch.rand(4, ACT) * 2 - 1
+    with torch.no_grad():
+        logits = wm.next_logits(z, a)
+        out = wm.next(z, a).view(4, 8, 2)
+        expected = wm.expected_code(logits).view(4, 8, 2)
+    for n in range(4):
+        for g in range(8):
+            best = max(range(15), key=lambda k: logits[n, k, g].item())
+            assert torch.equal(out[n, g], wm.codebook[best])  # exactly a codebook entry
+    # it is the argmax, not the average: the two differ wherever a group is uncertain
+    assert not torch.allclose(out, expected, atol=1e-3)
+    # the default plans over expected codes
+    wm.cfg.plan_code = "expected"
+    torch.testing.assert_close(wm.next(z, a).view(4, 8, 2), expected)
+
+
 def test_gumbel_st_forward_is_one_hot_with_soft_gradient():
     torch.manual_seed(0)
     logits = torch.randn(64, 15, 8, requires_grad=True)
@@ -212,6 +231,7 @@ def test_loss_needs_long_enough_windows():
         ("latent_groups", 0),
         ("rho", 0.0),
         ("gumbel_tau", 0.0),
+        ("plan_code", "argmax"),
         ("reward_bound", [2.0, 0.0]),
         ("reward_bound", [1.0]),
         ("dyn_mlp_dims", [0]),

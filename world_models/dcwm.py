@@ -20,7 +20,9 @@ from world_models.config import check_fields
 from world_models.nn import mlp
 from world_models.quantizers import FSQ
 
-__all__ = ["DCWMConfig", "DCWorldModel", "gumbel_softmax_st"]
+__all__ = ["DCWMConfig", "DCWorldModel", "PLAN_CODES", "gumbel_softmax_st"]
+
+PLAN_CODES = ("expected", "mode")
 
 
 @dataclass
@@ -35,6 +37,9 @@ class DCWMConfig:
         rho: per-step weight ρ^h of the loss over the horizon.
         consistency_coef / reward_coef: weights of the cross-entropy and reward terms.
         gumbel_tau: temperature of the straight-through Gumbel-softmax used in training rollouts.
+        plan_code: the code a planning rollout moves to (:meth:`DCWorldModel.next`): ``"expected"``, the
+            softmax-weighted average code ``Σ_k p_k·code_k`` (the paper's), or ``"mode"``, the most likely
+            code ``code_{argmax_k p_k}`` per group (a codebook entry, as every head saw in training).
         reward_bound: ``None`` (unbounded reward head) or ``[lo, hi]``: the head's output is squashed
             by ``lo + (hi - lo)(tanh(x) + 1)/2``. DMC: ``[0, action_repeat]`` (per-step rewards lie in
             [0, 1] and are summed over the repeat), i.e. ``[0, 2]`` with the default repeat. The model
@@ -51,6 +56,7 @@ class DCWMConfig:
     consistency_coef: float = 1.0
     reward_coef: float = 1.0
     gumbel_tau: float = 1.0
+    plan_code: str = "expected"
     reward_bound: list[float] | None = field(default_factory=lambda: [0.0, 2.0])
 
     def __post_init__(self) -> None:
@@ -65,6 +71,7 @@ class DCWMConfig:
             "consistency_coef": self.consistency_coef >= 0,
             "reward_coef": self.reward_coef >= 0,
             "gumbel_tau": self.gumbel_tau > 0,
+            "plan_code": self.plan_code in PLAN_CODES,
             "enc_mlp_dims": dims_ok(self.enc_mlp_dims),
             "dyn_mlp_dims": dims_ok(self.dyn_mlp_dims),
             "reward_mlp_dims": dims_ok(self.reward_mlp_dims),
@@ -74,7 +81,8 @@ class DCWMConfig:
             self,
             checks,
             "DCWM hyperparameter",
-            "horizon >= 1, rho in (0, 1], gumbel_tau > 0, reward_bound null or [lo, hi] with lo < hi",
+            f"horizon >= 1, rho in (0, 1], gumbel_tau > 0, plan_code in {PLAN_CODES}, "
+            "reward_bound null or [lo, hi] with lo < hi",
         )
         try:
             FSQ(self.fsq_levels, 1)  # the one place FSQ levels are validated
@@ -115,7 +123,8 @@ class DCWorldModel(nn.Module):
 
     * ``encode(o) = FSQ(e(o))``.
     * ``next_logits(z, a) = dyn([z ‖ a])`` viewed as ``[K, G]``: one categorical per group.
-    * ``next(z, a)`` (planning) = expected code per group, ``Σ_k softmax(ℓ)_k · codebook_k``.
+    * ``next(z, a)`` (planning) = expected code per group, ``Σ_k softmax(ℓ)_k · codebook_k``, or with
+      ``plan_code="mode"`` the most likely code per group, ``codebook_{argmax_k ℓ_k}``.
     * ``sample_next(z, a)`` (training) = straight-through Gumbel-softmax one-hot times the codebook:
       a codebook entry forward, the soft sample's gradient backward (through time, to the encoder).
     * ``reward(z, a) = R([z ‖ a])``, squashed into ``reward_bound`` when set.
@@ -180,9 +189,15 @@ class DCWorldModel(nn.Module):
         """Straight-through Gumbel-softmax code per group (``gumbel_tau``), flattened to ``[N, G*C]``."""
         return self.probs_to_codes(gumbel_softmax_st(logits, self.cfg.gumbel_tau, generator, dim=-2))
 
+    def mode_code(self, logits: Tensor) -> Tensor:
+        """The most likely code per group, ``codebook_{argmax_k ℓ_k}``, flattened to ``[N, G*C]``."""
+        one_hot = torch.zeros_like(logits).scatter_(-2, _argmax(logits, -2), 1.0)
+        return self.probs_to_codes(one_hot)
+
     def next(self, z: Tensor, a: Tensor) -> Tensor:
-        """Planning transition: the expected next code (deterministic, smooth in ``z``)."""
-        return self.expected_code(self.next_logits(z, a))
+        """Planning transition (deterministic): the expected next code, or its mode (``plan_code``)."""
+        logits = self.next_logits(z, a)
+        return self.mode_code(logits) if self.cfg.plan_code == "mode" else self.expected_code(logits)
 
     def sample_next(self, z: Tensor, a: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Training transition: a sampled code per group, with straight-through gradients."""
