@@ -4,7 +4,8 @@ The latent state is a grid of FSQ codes: the encoder output is split into ``G`` 
 ``C = len(fsq_levels)`` channels and each group is quantised to one of ``K = prod(fsq_levels)``
 codes (``[5, 3]`` -> 15 two-dimensional codes). The dynamics model is a *classifier*: for every
 group it outputs logits over the ``K`` codes of the next latent state. Rollouts propagate either a
-straight-through Gumbel-softmax sample (training) or the expected code (planning).
+straight-through Gumbel-softmax sample (training) or the expected code (planning; ``plan_code="mode"``:
+the most likely code).
 """
 
 from __future__ import annotations
