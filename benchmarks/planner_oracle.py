@@ -1,0 +1,122 @@
+"""Does DC-MPC's planner fail through its world model or through its critic? (DMC checkpoints)
+
+Evaluates one checkpoint twice over the same episodes (episode i resets with seed ``seed + i``, as in
+``eval.py``): MPPI as trained, scoring each candidate action sequence with the world model,
+
+    J_model = Σ_{h<H} ρ^h r̂(z_h, a_h) + ρ^H V(z_H),    z_{h+1} = model(z_h, a_h),
+
+and MPPI whose scores come from the simulator instead: each candidate is played from a copy of the
+current physics state and the state is restored,
+
+    J_real = Σ_{h<H} ρ^h r_h + ρ^H V(encode(o_H)),
+
+with the agent's own value V = Q(z, π(z)) over the critics the planner uses, in both. Same critic, same
+planner: episodes that fail with J_model and succeed with J_real fail through the model; episodes that
+fail with both, through the critic (or the prior). J_real costs ``H · action_repeat`` physics steps per
+candidate (≈ 2 min per reacher episode on one core), so run a few episodes.
+
+    python benchmarks/planner_oracle.py --checkpoint <run>/checkpoints/step_000000100000 --episodes 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+from omegaconf import OmegaConf
+from torch import Tensor
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agents.dcmpc import DCMPCAgent, DCMPCPlanningModel  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
+from training.evaluation import evaluate  # noqa: E402
+from training.setup import build_agent, build_env, setup_process  # noqa: E402
+
+
+def real_value_estimator(agent: DCMPCAgent, env: gym.Env) -> Callable[[Tensor, Tensor, DCMPCPlanningModel], Tensor]:
+    """A drop-in for ``MPPIPlanner.estimate_value`` that scores ``actions [N, H, A]`` in ``env``'s simulator
+    from its current state (restored after each sequence) and ends with ``model.value`` at the real code."""
+    dmc = env.unwrapped
+    physics, repeat = dmc.dm_env.physics, int(env.config.action_repeat)
+    cfg = agent.planner.cfg
+
+    def estimate(z: Tensor, actions: Tensor, model: DCMPCPlanningModel) -> Tensor:
+        state = physics.get_state().copy()
+        acts = actions.detach().cpu().double().numpy()
+        returns, last_obs = np.zeros(len(acts)), []
+        for i, seq in enumerate(acts):
+            weight = 1.0
+            for h in range(cfg.horizon):
+                for _ in range(repeat):
+                    ts = dmc.dm_env.step(seq[h])
+                    returns[i] += weight * float(ts.reward or 0.0)
+                weight *= cfg.discount
+            last_obs.append(dmc._obs(ts.observation))
+            physics.set_state(state)
+            physics.forward()
+        z_h = agent.wm.encode(torch.as_tensor(np.stack(last_obs), device=z.device))
+        return torch.as_tensor(returns, dtype=z.dtype, device=z.device) + weight * model.value(z_h)
+
+    return estimate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--episodes", type=int, nargs="+", default=[0, 1, 2], help="episode indices (seed + i)")
+    p.add_argument("--seed", type=int, default=424242, help="eval.py's default")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--hparams", nargs="*", default=[], help="agent hyperparameters for this run, key=value")
+    args = p.parse_args()
+
+    ckpt = load_checkpoint(args.checkpoint, map_location="cpu", load_buffer=False)
+    cfg = OmegaConf.create(ckpt.config_yaml)
+    if cfg.agent.name != "dcmpc" or not str(cfg.env).startswith("dmc/"):
+        raise SystemExit(f"{ckpt.path}: needs a DC-MPC checkpoint of a dmc/ task, got {cfg.agent.name} on {cfg.env}")
+    cfg.device, cfg.threads = "cpu", args.threads
+    for kv in args.hparams:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--hparams takes key=value, got {kv!r}")
+        cfg.agent.hparams[key] = yaml.safe_load(value)
+    device = setup_process(cfg)
+    env = build_env(cfg, seed_offset=20_000)
+    agent = build_agent(cfg, env, device)
+    agent.load_state_dict(ckpt.state["agent"])
+    model_estimate = agent.planner.estimate_value
+    oracle = real_value_estimator(agent, env)
+
+    print(f"{cfg.agent.name} on {cfg.env} | {ckpt.path} (env step {ckpt.step})")
+    print(f"{'episode':>7} {'J_model':>9} {'J_real':>9} {'s (real)':>9}")
+    rows = []
+    for i in args.episodes:
+        row = []
+        for estimate in (model_estimate, oracle):
+            agent.planner.estimate_value = estimate
+            t0 = time.time()
+            res = evaluate(
+                agent,
+                env,
+                episodes=1,
+                seed=args.seed + i,
+                episode_index=int(ckpt.state["trainer"]["episode"]),
+                step=ckpt.step,
+            )
+            row.append(res["returns"][0])
+        rows.append(row)
+        print(f"{i:>7} {row[0]:>9.1f} {row[1]:>9.1f} {time.time() - t0:>9.0f}", flush=True)
+    m = np.array(rows).mean(0)
+    print(f"{'mean':>7} {m[0]:>9.1f} {m[1]:>9.1f}")
+    env.close()
+
+
+if __name__ == "__main__":
+    main()
