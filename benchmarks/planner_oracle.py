@@ -81,6 +81,8 @@ def main() -> None:
     cfg = OmegaConf.create(ckpt.config_yaml)
     if cfg.agent.name != "dcmpc" or not str(cfg.env).startswith("dmc/"):
         raise SystemExit(f"{ckpt.path}: needs a DC-MPC checkpoint of a dmc/ task, got {cfg.agent.name} on {cfg.env}")
+    if cfg.agent.hparams.get("world_model", "dcwm") != "dcwm":
+        raise SystemExit(f"{ckpt.path}: needs world_model=dcwm (a KLA belief is filtered, not encoded from one obs)")
     cfg.device, cfg.threads = "cpu", args.threads
     for kv in args.hparams:
         key, sep, value = kv.partition("=")
