@@ -17,31 +17,25 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from training.checkpoint import CheckpointError, load_checkpoint
+from training.checkpoint import CheckpointError
 from training.evaluation import evaluate
-from training.setup import build_agent, build_env, setup_process
+from training.setup import agent_from_checkpoint
 
 
 def run(cfg: DictConfig) -> dict:
     if not cfg.checkpoint:
         raise CheckpointError("checkpoint=<run_dir or checkpoint dir> is required")
-    ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu", load_buffer=False)
-    saved = OmegaConf.create(ckpt.config_yaml)
-    saved.device = cfg.device
-    if cfg.hparams:
-        saved.agent.hparams = OmegaConf.merge(saved.agent.hparams, cfg.hparams)
-    saved.threads = cfg.threads
-    if cfg.env_settings.render_size is not None:
-        saved.env_settings.render_size = cfg.env_settings.render_size
-    device = setup_process(saved)
-    env = build_env(saved, seed_offset=20_000)
+    restored = agent_from_checkpoint(
+        cfg.checkpoint,
+        device=cfg.device,
+        threads=cfg.threads,
+        hparams=cfg.hparams,
+        render_size=cfg.env_settings.render_size,
+    )
+    saved, ckpt, env, agent, device = (
+        restored.cfg, restored.ckpt, restored.env, restored.agent, restored.device
+    )
     try:
-        agent = build_agent(saved, env, device)
-        state = ckpt.state["agent"]
-        try:
-            agent.load_state_dict(state)
-        except (KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{ckpt.path}: weights do not match the saved config ({e})") from e
         out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.path.parent.parent / "eval"
         episodes = int(cfg.episodes)
         if episodes < 1:

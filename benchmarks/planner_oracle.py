@@ -28,7 +28,6 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 import torch
-import yaml
 from omegaconf import OmegaConf
 from torch import Tensor
 
@@ -36,9 +35,8 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.dcmpc import DCMPCAgent, DCMPCPlanningModel  # noqa: E402
-from training.checkpoint import load_checkpoint  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
-from training.setup import build_agent, build_env, setup_process  # noqa: E402
+from training.setup import agent_from_checkpoint  # noqa: E402
 
 
 def real_value_estimator(agent: DCMPCAgent, env: gym.Env) -> Callable[[Tensor, Tensor, DCMPCPlanningModel], Tensor]:
@@ -59,7 +57,7 @@ def real_value_estimator(agent: DCMPCAgent, env: gym.Env) -> Callable[[Tensor, T
                     ts = dmc.dm_env.step(seq[h])
                     returns[i] += weight * float(ts.reward or 0.0)
                 weight *= cfg.discount
-            last_obs.append(dmc._obs(ts.observation))
+            last_obs.append(dmc.flat_observation(ts.observation))
             physics.set_state(state)
             physics.forward()
         z_h = agent.wm.encode(torch.as_tensor(np.stack(last_obs), device=z.device))
@@ -77,22 +75,21 @@ def main() -> None:
     p.add_argument("--hparams", nargs="*", default=[], help="agent hyperparameters for this run, key=value")
     args = p.parse_args()
 
-    ckpt = load_checkpoint(args.checkpoint, map_location="cpu", load_buffer=False)
-    cfg = OmegaConf.create(ckpt.config_yaml)
+    bad = [kv for kv in args.hparams if "=" not in kv]
+    if bad:
+        raise SystemExit(f"--hparams takes key=value pairs, got {bad}")
+    try:
+        hparams = OmegaConf.from_dotlist(args.hparams)
+    except Exception as e:  # noqa: BLE001 - OmegaConf's parse errors have several types
+        raise SystemExit(f"--hparams takes key=value pairs: {e}") from e
+    restored = agent_from_checkpoint(args.checkpoint, device="cpu", threads=args.threads, hparams=hparams)
+    cfg, ckpt, env, agent = restored.cfg, restored.ckpt, restored.env, restored.agent
     if cfg.agent.name != "dcmpc" or not str(cfg.env).startswith("dmc/"):
+        env.close()
         raise SystemExit(f"{ckpt.path}: needs a DC-MPC checkpoint of a dmc/ task, got {cfg.agent.name} on {cfg.env}")
     if cfg.agent.hparams.get("world_model", "dcwm") != "dcwm":
+        env.close()
         raise SystemExit(f"{ckpt.path}: needs world_model=dcwm (a KLA belief is filtered, not encoded from one obs)")
-    cfg.device, cfg.threads = "cpu", args.threads
-    for kv in args.hparams:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise SystemExit(f"--hparams takes key=value, got {kv!r}")
-        cfg.agent.hparams[key] = yaml.safe_load(value)
-    device = setup_process(cfg)
-    env = build_env(cfg, seed_offset=20_000)
-    agent = build_agent(cfg, env, device)
-    agent.load_state_dict(ckpt.state["agent"])
     model_estimate = agent.planner.estimate_value
     oracle = real_value_estimator(agent, env)
 

@@ -178,7 +178,8 @@ class DMCEnv(gym.Env):
         self._rendered = False
         self._closed = False
 
-    def _obs(self, observation: Any) -> np.ndarray:
+    def flat_observation(self, observation: Any) -> np.ndarray:
+        """The flat float32 observation of a dm_env timestep's observation dict (``obs_mask`` keys dropped)."""
         return np.concatenate(
             [np.asarray(observation[k], dtype=np.float32).reshape(-1) for k in self.obs_keys]
         )
@@ -191,7 +192,7 @@ class DMCEnv(gym.Env):
         if seed is not None:
             self._env.task.random.seed(seed)
         ts = self._env.reset()
-        return self._obs(ts.observation), {}
+        return self.flat_observation(ts.observation), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self._check_open()
@@ -199,7 +200,7 @@ class DMCEnv(gym.Env):
         reward = float(ts.reward) if ts.reward is not None else 0.0
         terminated = bool(ts.last() and ts.discount == 0.0)
         truncated = bool(ts.last() and not terminated)
-        return self._obs(ts.observation), reward, terminated, truncated, {}
+        return self.flat_observation(ts.observation), reward, terminated, truncated, {}
 
     def render(self) -> np.ndarray:
         self._check_open()

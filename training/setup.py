@@ -6,6 +6,7 @@ import fnmatch
 import hashlib
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from agents import make_agent
 from agents.common import Agent
 from envs import canonical_env_name, make_env, name_key
 from training.buffer import ReplayBuffer
-from training.checkpoint import Checkpoint, load_checkpoint
+from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from training.logger import Logger
 from training.seeding import resolve_device, seed_everything
 from training.trainer import TrainerConfig
@@ -178,3 +179,53 @@ def resume_config(
         elif key not in ("resume", *tolerated):
             print(f"resume: ignoring override {o!r}; a resumed run keeps its saved config", file=sys.stderr)
     return saved, ckpt
+
+
+# Construction seed offset of the env a restored agent acts in (eval.py); its episodes reset with their own seeds.
+RESTORED_ENV_SEED_OFFSET = 20_000
+
+
+@dataclass
+class RestoredRun:
+    """An agent rebuilt from a checkpoint with the config saved inside it, and an eval env for it."""
+
+    cfg: DictConfig
+    ckpt: Checkpoint
+    env: gym.Env
+    agent: Agent
+    device: torch.device
+
+
+def agent_from_checkpoint(
+    path: str | Path,
+    *,
+    device: str = "auto",
+    threads: int = 1,
+    hparams: DictConfig | dict[str, Any] | None = None,
+    render_size: int | None = None,
+) -> RestoredRun:
+    """Rebuild the agent saved at ``path`` (run dir or checkpoint dir): eval.py's and the benchmarks' loader.
+
+    ``hparams`` are merged over the saved agent hyperparameters (for this process only; the weights stay).
+    Weights that do not fit the rebuilt agent raise :class:`CheckpointError` naming the checkpoint.
+    The caller closes ``env``.
+    """
+    ckpt = load_checkpoint(path, map_location="cpu", load_buffer=False)
+    cfg = OmegaConf.create(ckpt.config_yaml)
+    cfg.device, cfg.threads = device, threads
+    if hparams:
+        cfg.agent.hparams = OmegaConf.merge(cfg.agent.hparams, hparams)
+    if render_size is not None:
+        cfg.env_settings.render_size = render_size
+    dev = setup_process(cfg)
+    env = build_env(cfg, seed_offset=RESTORED_ENV_SEED_OFFSET)
+    try:
+        agent = build_agent(cfg, env, dev)
+        agent.load_state_dict(ckpt.state["agent"])
+    except (KeyError, RuntimeError) as e:
+        env.close()
+        raise CheckpointError(f"{ckpt.path}: weights do not match the saved config ({e})") from e
+    except BaseException:
+        env.close()
+        raise
+    return RestoredRun(cfg, ckpt, env, agent, dev)
