@@ -133,23 +133,16 @@ def checkpoint_policy(name: str, path: str, env: Any, *, device: str, seed: int)
     from omegaconf import OmegaConf
 
     from training.checkpoint import CheckpointError, load_checkpoint
-    from training.setup import build_agent
+    from training.setup import restore_agent
 
     try:
         ckpt = load_checkpoint(path, map_location="cpu", load_buffer=False)
+        saved = OmegaConf.create(ckpt.config_yaml)
+        saved.device = device
+        torch.manual_seed(seed)
+        agent = restore_agent(ckpt, saved, env, torch.device(device))
     except CheckpointError as e:
         raise CollectError(f"--{name}: {e}") from e
-    saved = OmegaConf.create(ckpt.config_yaml)
-    saved.device = device
-    torch.manual_seed(seed)
-    agent = build_agent(saved, env, torch.device(device))
-    try:
-        agent.load_state_dict(ckpt.state["agent"])
-    except (KeyError, RuntimeError) as e:
-        raise CollectError(
-            f"{ckpt.path}: agent weights do not fit this env (obs {env.observation_space.shape}, "
-            f"act {env.action_space.shape}); it was trained on {saved.env!r}: {e}"
-        ) from e
     eval_mode = EVAL_MODE[name]
     step = int(ckpt.step)
     episode = int(ckpt.state.get("trainer", {}).get("episode", 0))

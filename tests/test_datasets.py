@@ -381,6 +381,11 @@ def test_cli_mix_with_checkpoint_policy(tmp_path: Path) -> None:
     assert ds.attrs.get("family") is None and (ds.task_ids == 0).all()
     with pytest.raises(cli.CollectError, match="--expert"):
         cli.run([*args, "--mix", "random=0.5,expert=0.5"])
+    # a policy trained on Pendulum (obs 3) cannot act in MountainCarContinuous (obs 2): named, not a stack trace
+    other = ["--env", "gym/MountainCarContinuous-v0", "--episodes", "2", "--out", str(tmp_path / "mc.h5")]
+    with pytest.raises(cli.CollectError, match=r"--medium: .*step_000000000400: weights do not match .*Pendulum-v1"):
+        cli.run([*other, "--mix", "medium=1.0", "--medium", str(tmp_path / "run")])
+    assert not (tmp_path / "mc.h5").exists()
     assert cli.split_episodes(10, {"random": 0.3, "medium": 0.4, "expert": 0.3}) == {
         "random": 3,
         "medium": 4,

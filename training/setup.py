@@ -196,6 +196,26 @@ class RestoredRun:
     device: torch.device
 
 
+def restore_agent(ckpt: Checkpoint, cfg: DictConfig, env: gym.Env, device: torch.device) -> Agent:
+    """Build the agent ``cfg`` describes for ``env`` and load ``ckpt``'s weights into it.
+
+    Only the weight load is reported as the checkpoint's fault: weights that do not fit the rebuilt agent (another
+    env's shapes, another size or hyperparameter) raise :class:`CheckpointError` naming the checkpoint, the env and
+    the env it was trained on. Errors while building the agent propagate as they are.
+    """
+    agent = build_agent(cfg, env, device)
+    try:
+        agent.load_state_dict(ckpt.state["agent"])
+    except (KeyError, RuntimeError) as e:
+        saved_env = OmegaConf.create(ckpt.config_yaml).get("env")
+        raise CheckpointError(
+            f"{ckpt.path}: weights do not match the agent its saved config builds for "
+            f"{getattr(env, 'spec_name', cfg.env)!r} (obs {env.observation_space.shape}, "
+            f"act {env.action_space.shape}; trained on {saved_env!r}): {e}"
+        ) from e
+    return agent
+
+
 def agent_from_checkpoint(
     path: str | Path,
     *,
@@ -220,11 +240,7 @@ def agent_from_checkpoint(
     dev = setup_process(cfg)
     env = build_env(cfg, seed_offset=RESTORED_ENV_SEED_OFFSET)
     try:
-        agent = build_agent(cfg, env, dev)
-        agent.load_state_dict(ckpt.state["agent"])
-    except (KeyError, RuntimeError) as e:
-        env.close()
-        raise CheckpointError(f"{ckpt.path}: weights do not match the saved config ({e})") from e
+        agent = restore_agent(ckpt, cfg, env, dev)
     except BaseException:
         env.close()
         raise
