@@ -197,7 +197,8 @@ class RestoredRun:
 
 
 def restore_agent(ckpt: Checkpoint, cfg: DictConfig, env: gym.Env, device: torch.device) -> Agent:
-    """Build the agent ``cfg`` describes for ``env`` and load ``ckpt``'s weights into it.
+    """Build the agent ``cfg`` (``ckpt``'s saved config; device/hparams may differ) describes for ``env`` and load
+    ``ckpt``'s weights into it.
 
     Only the weight load is reported as the checkpoint's fault: weights that do not fit the rebuilt agent (another
     env's shapes, another size or hyperparameter) raise :class:`CheckpointError` naming the checkpoint, the env and
@@ -207,11 +208,11 @@ def restore_agent(ckpt: Checkpoint, cfg: DictConfig, env: gym.Env, device: torch
     try:
         agent.load_state_dict(ckpt.state["agent"])
     except (KeyError, RuntimeError) as e:
-        saved_env = OmegaConf.create(ckpt.config_yaml).get("env")
+        # cfg is the checkpoint's own config (callers only change device/hparams), so cfg.env is where it trained.
         raise CheckpointError(
             f"{ckpt.path}: weights do not match the agent its saved config builds for "
-            f"{getattr(env, 'spec_name', cfg.env)!r} (obs {env.observation_space.shape}, "
-            f"act {env.action_space.shape}; trained on {saved_env!r}): {e}"
+            f"{getattr(env, 'spec_name', 'this env')!r} (obs {env.observation_space.shape}, "
+            f"act {env.action_space.shape}; trained on {cfg.env!r}): {e}"
         ) from e
     return agent
 
