@@ -68,6 +68,7 @@ PLANNER_KEYS = {
     "min_std": "min_std",
     "max_std": "max_std",
     "eval_max_std": "eval_max_std",
+    "eval_num_samples": "eval_num_samples",
     "temperature": "temperature",
     "plan_discount": "discount",
     "use_mppi_mean": "use_mean",
@@ -83,16 +84,17 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     Planner keys are flat (``plan_*`` where a name would clash with the world model's ``horizon``)
     and map one-to-one onto :class:`agents.planning.MPPIConfig` (see :meth:`mppi_config`):
 
-    ============== =========================  ==============  =========================
-    key            MPPIConfig field           key             MPPIConfig field
-    ============== =========================  ==============  =========================
-    plan_horizon   horizon                    min_std         min_std
-    iterations     iterations                 max_std         max_std
-    num_samples    num_samples                temperature     temperature
-    num_elites     num_elites                 plan_discount   discount (ρ in J)
-    num_pi_trajs   num_pi_trajs               use_mppi_mean   use_mean
-    eval_max_std   eval_max_std               repeat_prior    repeat_prior
-    ============== =========================  ==============  =========================
+    ================ ================== ============= =================
+    key              MPPIConfig field   key           MPPIConfig field
+    ================ ================== ============= =================
+    plan_horizon     horizon            min_std       min_std
+    iterations       iterations         max_std       max_std
+    num_samples      num_samples        temperature   temperature
+    num_elites       num_elites         plan_discount discount (ρ in J)
+    num_pi_trajs     num_pi_trajs       use_mppi_mean use_mean
+    eval_max_std     eval_max_std       repeat_prior  repeat_prior
+    eval_num_samples eval_num_samples
+    ================ ================== ============= =================
 
     ``plan_mode``: ``"mppi"`` (plan, the DC-MPC agent) or ``"policy"`` (act with the TD3 policy prior
     alone, no planning: for speed comparisons and ablations).
@@ -126,6 +128,7 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     min_std: float = MPPIConfig.min_std
     max_std: float = MPPIConfig.max_std
     eval_max_std: float | None = MPPIConfig.eval_max_std
+    eval_num_samples: int | None = MPPIConfig.eval_num_samples
     temperature: float = MPPIConfig.temperature
     plan_discount: float = MPPIConfig.discount
     use_mppi_mean: bool = MPPIConfig.use_mean

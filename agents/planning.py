@@ -25,7 +25,10 @@ For each of ``B`` independent environments, given the latent ``z`` of the curren
    step forward with a zero last step (warm start), or zeros at the start of an episode. In
    evaluation (``eval_mode=True``) ``eval_max_std``, when set, takes the place of ``max_std`` both as the
    first iteration's σ and as the upper clamp of every refit: a narrower search around the warm start
-   and the prior trajectories, for acting greedily.
+   and the prior trajectories, for acting greedily; ``eval_num_samples``, when set, takes the place of
+   ``num_samples``: fewer sampled sequences beside the same prior ones, so the search exploits the
+   model's errors less (more candidates scored by an imperfect model make its best score more often
+   an error).
 3. **Action.** The final ``μ`` is stored for the next warm start. The returned action is the first
    action of one elite drawn with probability ``s_k`` (``use_mean=False``, as in DC-MPC and TD-MPC2)
    or ``μ_0`` (``use_mean=True``).
@@ -64,6 +67,8 @@ class MPPIConfig:
         min_std, max_std: clamp of the per-dimension sampling std; each ``plan`` starts at ``max_std``.
         eval_max_std: ``max_std`` of evaluation plans (``eval_mode=True``); None = ``max_std``. Training
             plans, and so the data collected, never see it.
+        eval_num_samples: ``num_samples`` of evaluation plans; None = ``num_samples``. Training plans never
+            see it. Needs ``num_elites <= eval_num_samples + num_pi_trajs``.
         temperature: τ in the elite scores exp(τ (J − max J)).
         discount: ρ in J. 0.9 is the DC-MPC code's value (its fault 5: ρ is used where the paper
             writes γ); TD-MPC2 discounts with the agent's γ instead. Must lie in (0, 1].
@@ -82,6 +87,7 @@ class MPPIConfig:
     min_std: float = 0.05
     max_std: float = 2.0
     eval_max_std: float | None = None
+    eval_num_samples: int | None = None
     temperature: float = 0.5
     discount: float = 0.9
     use_mean: bool = False
@@ -102,6 +108,14 @@ class MPPIConfig:
                 f"MPPIConfig.num_elites must satisfy 1 <= num_elites <= num_samples + num_pi_trajs "
                 f"(= {self.num_samples} + {self.num_pi_trajs} = {pool}: elites are chosen among the sampled "
                 f"and policy-prior sequences together), got {self.num_elites}"
+            )
+        if self.eval_num_samples is not None and not (
+            self.eval_num_samples >= 1 and self.num_elites <= self.eval_num_samples + self.num_pi_trajs
+        ):
+            raise ValueError(
+                f"MPPIConfig.eval_num_samples must be >= 1 with num_elites <= eval_num_samples + num_pi_trajs "
+                f"(or None), got eval_num_samples={self.eval_num_samples}, num_elites={self.num_elites}, "
+                f"num_pi_trajs={self.num_pi_trajs}"
             )
         if not self.min_std > 0:
             raise ValueError(f"MPPIConfig.min_std must be > 0, got {self.min_std}")
@@ -261,14 +275,16 @@ class MPPIPlanner:
     ) -> Tensor:
         """Plan for ``B`` environments from latents ``z [B, *latent]``; return actions ``[B, A]`` in
         ``[-1, 1]``. All sampling uses ``generator`` (which must live on ``z``'s device) when given.
-        ``eval_mode`` picks the warm-start slot (see the class docstring) and ``eval_max_std``."""
+        ``eval_mode`` picks the warm-start slot (see the class docstring), ``eval_max_std`` and
+        ``eval_num_samples``."""
         cfg = self.cfg
         if z.dim() < 1 or z.shape[0] < 1:
             raise ValueError(f"z must be batched as [B, *latent] with B >= 1, got shape {tuple(z.shape)}")
         if z.device.type != self.device.type:
             raise ValueError(f"z is on {z.device}, planner was built for {self.device}")
         dtype = z.dtype if z.is_floating_point() else torch.float32
-        b, p, s, k = z.shape[0], cfg.num_pi_trajs, cfg.num_samples, cfg.num_elites
+        s = cfg.eval_num_samples if eval_mode and cfg.eval_num_samples is not None else cfg.num_samples
+        b, p, k = z.shape[0], cfg.num_pi_trajs, cfg.num_elites
         h_, a_ = cfg.horizon, self.action_dim
         n_traj = p + s
 

@@ -48,6 +48,7 @@ def batch(agent: DCMPCAgent, seed: int = 0) -> TensorDict:
         ("fsq_levels", [1, 5]),
         ("plan_horizon", 0),
         ("num_elites", 600),  # > num_samples + num_pi_trajs = 536
+        ("eval_num_samples", 8),  # 8 + 24 < num_elites = 64
         ("batch_size", 0),
         ("batch_size", -3),
         ("horizon", 0),
@@ -101,6 +102,12 @@ def test_yaml_presets_resolve_and_build():
     env = build_env(cfg)
     assert build_agent(cfg, env, torch.device("cpu")).cfg.reward_bound is None  # auto elsewhere: unbounded
     env.close()
+    # reacher-easy at the small size evaluates with 8 Gaussian samples; training plans keep 128
+    cfg = compose_config(["agent=dcmpc", "agent.size=small", "env=dmc/reacher-easy", "device=cpu"])
+    env = build_env(cfg)
+    planner_cfg = build_agent(cfg, env, torch.device("cpu")).planner.cfg
+    env.close()
+    assert (planner_cfg.num_samples, planner_cfg.eval_num_samples) == (128, 8)
 
 
 # --------------------------------------------------------------------------- planning model

@@ -361,6 +361,30 @@ def test_eval_max_std_narrows_evaluation_plans_only() -> None:
     assert run(base, True)[1].std().item() > 0.8
 
 
+def test_eval_num_samples_shrinks_evaluation_plans_only() -> None:
+    x = states()
+    b = len(STATES)
+    base = MPPIConfig(discount=RHO, num_samples=64, num_elites=16, num_pi_trajs=8)
+    few = dataclasses.replace(base, eval_num_samples=8)
+
+    def run(cfg: MPPIConfig, eval_mode: bool) -> tuple[torch.Tensor, int]:
+        model = LQModel()
+        gen = torch.Generator().manual_seed(5)
+        a = MPPIPlanner(cfg, action_dim=1).plan(x, model, eval_mode=eval_mode, generator=gen)
+        rows = model.reward_actions[0].shape[0]  # the first round scores every sequence at once
+        return a, rows // b
+
+    # training plans score num_samples + num_pi_trajs sequences per environment, whatever eval_num_samples is
+    a_train, n_train = run(few, False)
+    assert n_train == 64 + 8
+    assert torch.equal(a_train, run(base, False)[0])
+    # an evaluation plan scores eval_num_samples + num_pi_trajs, and is exactly a plan with num_samples = 8
+    a_eval, n_eval = run(few, True)
+    assert n_eval == 8 + 8
+    assert torch.equal(a_eval, run(dataclasses.replace(base, num_samples=8), True)[0])
+    assert run(base, True)[1] == 64 + 8
+
+
 # --------------------------------------------------------------------------- (d) determinism, batching
 def test_same_seed_same_action() -> None:
     x = states()
@@ -394,6 +418,8 @@ def test_batched_equals_separate_up_to_sampling() -> None:
         ("min_std", 3.0),  # > max_std
         ("max_std", 0.01),  # < min_std
         ("eval_max_std", 0.01),  # < min_std
+        ("eval_num_samples", 0),
+        ("eval_num_samples", 39),  # 39 + 24 < num_elites = 64
         ("temperature", 0.0),
         ("discount", 0.0),
         ("discount", 1.5),

@@ -203,6 +203,9 @@ def test_multirun_sweeps_seeds_locally(tmp_path):
         ("dcmpc", "dmc/finger-turn_hard", [], {"nstep": 2}),  # '_' and '-' match alike
         ("dcmpc", "metaworld/reach-v3", [], {"nstep": 3, "explore_std_end": 0.05}),
         ("dcmpc", "dmc/reacher-easy", ["agent.hparams.nstep=2"], {"nstep": 2}),  # explicit wins
+        ("dcmpc", "dmc/reacher-easy", ["agent.size=small"], {"eval_num_samples": 8, "num_samples": 128}),
+        ("dcmpc", "dmc/reacher-easy", ["agent.size=paper"], {"eval_num_samples": None, "num_samples": 512}),
+        ("dcmpc", "dmc/walker-walk", ["agent.size=small"], {"eval_num_samples": None}),
         ("iqrl", "dmc/acrobot-swingup", [], {"nstep": 3, "enc_tau": 0.0005}),
         ("iqrl", "dmc/dog-run", ["agent.size=paper"], {"latent_groups": 1024}),
         ("iqrl", "dmc/dog-run", ["agent.size=small"], {"latent_groups": 64}),
