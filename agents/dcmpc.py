@@ -157,6 +157,11 @@ class DCMPCConfig(DCWMConfig, TD3Config):
                 f"invalid DC-MPC hyperparameter plan_code={self.plan_code!r}: only world_model=dcwm plans over "
                 f"codes (world_model={self.world_model!r}); set it to 'expected'"
             )
+        if self.code_locality is not None and self.world_model != "dcwm":
+            raise ValueError(
+                f"invalid DC-MPC hyperparameter code_locality={self.code_locality}: only world_model=dcwm has code "
+                f"dynamics (world_model={self.world_model!r}); set it to null"
+            )
         if self.uncertainty_coef != 0 and self.world_model != "kla":
             raise ValueError(
                 f"invalid DC-MPC hyperparameter uncertainty_coef={self.uncertainty_coef}: only world_model=kla "

@@ -69,6 +69,9 @@ def test_mode_codes_need_the_codebook_world_model():
     DCMPCConfig(plan_code="mode")  # dcwm: fine
     with pytest.raises(ValueError, match="plan_code"):
         DCMPCConfig(plan_code="mode", world_model="kla")
+    DCMPCConfig(code_locality=4.0)  # dcwm: fine
+    with pytest.raises(ValueError, match="code_locality"):
+        DCMPCConfig(code_locality=4.0, world_model="kla")
 
 
 def test_invalid_config_through_hydra_names_field_and_file():

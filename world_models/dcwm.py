@@ -38,6 +38,11 @@ class DCWMConfig:
         rho: per-step weight ρ^h of the loss over the horizon.
         consistency_coef / reward_coef: weights of the cross-entropy and reward terms.
         gumbel_tau: temperature of the straight-through Gumbel-softmax used in training rollouts.
+        code_locality: ``None`` (off, the paper's) or β₀ > 0: add a learned "codes move to near codes" prior
+            to the dynamics logits, ``ℓ_{g,k} += β_g (2 e_k·c_g − ‖e_k‖²)`` = ``−β_g ‖e_k − c_g‖²`` up to a
+            per-group constant, ``e_k`` the codebook entries, ``c_g`` the group's current (hard or expected)
+            code, ``β_g = softplus(·) ≥ 0`` learned per group from ``β₀``. The MLP then predicts how codes
+            *change* rather than re-deriving every unchanged code from the whole latent.
         plan_code: the code a planning rollout moves to (:meth:`DCWorldModel.next`): ``"expected"``, the
             softmax-weighted average code ``Σ_k p_k·code_k`` (the paper's), or ``"mode"``, the most likely
             code ``code_{argmax_k p_k}`` per group (a codebook entry, as every head saw in training).
@@ -58,6 +63,7 @@ class DCWMConfig:
     reward_coef: float = 1.0
     gumbel_tau: float = 1.0
     plan_code: str = "expected"
+    code_locality: float | None = None
     reward_bound: list[float] | None = field(default_factory=lambda: [0.0, 2.0])
 
     def __post_init__(self) -> None:
@@ -73,6 +79,7 @@ class DCWMConfig:
             "reward_coef": self.reward_coef >= 0,
             "gumbel_tau": self.gumbel_tau > 0,
             "plan_code": self.plan_code in PLAN_CODES,
+            "code_locality": self.code_locality is None or float(self.code_locality) > 0,
             "enc_mlp_dims": dims_ok(self.enc_mlp_dims),
             "dyn_mlp_dims": dims_ok(self.dyn_mlp_dims),
             "reward_mlp_dims": dims_ok(self.reward_mlp_dims),
@@ -83,7 +90,7 @@ class DCWMConfig:
             checks,
             "DCWM hyperparameter",
             f"horizon >= 1, rho in (0, 1], gumbel_tau > 0, plan_code in {PLAN_CODES}, "
-            "reward_bound null or [lo, hi] with lo < hi",
+            "reward_bound null or [lo, hi] with lo < hi, code_locality null or > 0",
         )
         try:
             FSQ(self.fsq_levels, 1)  # the one place FSQ levels are validated
@@ -149,6 +156,11 @@ class DCWorldModel(nn.Module):
         self.encoder = mlp(obs_dim, cfg.enc_mlp_dims, self.latent_dim)
         self.dynamics = mlp(self.latent_dim + action_dim, cfg.dyn_mlp_dims, self.num_codes * self.num_groups)
         self.reward_head = mlp(self.latent_dim + action_dim, cfg.reward_mlp_dims, 1)
+        # β_g = softplus(locality_raw_g), started at code_locality (inverse softplus: log(expm1(β₀))).
+        self.locality_raw: nn.Parameter | None = None
+        if cfg.code_locality is not None:
+            raw = torch.tensor(float(cfg.code_locality)).expm1().log()
+            self.locality_raw = nn.Parameter(raw.expand(self.num_groups).clone())
         bound = cfg.reward_bound
         self.reward_bound: tuple[float, float] | None = None if bound is None else (float(bound[0]), float(bound[1]))
 
@@ -174,7 +186,19 @@ class DCWorldModel(nn.Module):
         Which output unit means which (code, group) is a free choice of the last Linear layer.
         """
         out = self.dynamics(torch.cat([z, a], -1))
-        return out.view(*out.shape[:-1], self.num_codes, self.num_groups)
+        logits = out.view(*out.shape[:-1], self.num_codes, self.num_groups)
+        if self.locality_raw is not None:
+            logits = logits + self.locality_bias(z)
+        return logits
+
+    def locality_bias(self, z: Tensor) -> Tensor:
+        """``β_g (2 e_k·c_g − ‖e_k‖²)`` as ``[N, K, G]`` (``code_locality``): ``−β_g ‖e_k − c_g‖²`` without the
+        ``‖c_g‖²`` term, which is the same for every code k of a group and so changes no softmax, argmax or
+        cross-entropy."""
+        cb = self.codebook.to(z.dtype)  # [K, C]
+        zg = z.reshape(*z.shape[:-1], self.num_groups, cb.shape[1]).transpose(-1, -2)  # [N, C, G]
+        closeness = 2.0 * torch.matmul(cb, zg) - cb.pow(2).sum(-1, keepdim=True)  # [N, K, G]
+        return F.softplus(self.locality_raw) * closeness
 
     def probs_to_codes(self, weights: Tensor) -> Tensor:
         """Weights over codes ``[N, K, G]`` -> flat codes ``[N, G*C]``: ``Σ_k w[:, k, g] · codebook[k]``."""
