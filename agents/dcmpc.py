@@ -98,6 +98,8 @@ class DCMPCConfig(DCWMConfig, TD3Config):
 
     ``plan_mode``: ``"mppi"`` (plan, the DC-MPC agent) or ``"policy"`` (act with the TD3 policy prior
     alone, no planning: for speed comparisons and ablations).
+    ``prior_act_steps``: training acts with the policy prior alone (plus σ_t noise) before this env step, and
+    plans after it (0, the paper's: plans from the first step after seeding); evaluation is not affected.
     ``plan_value``: the terminal value over the ``q_sample_size`` random critics, ``"mean"`` (the paper's) or
     ``"min"`` (pessimistic, like the TD target: the search over many sampled sequences then exploits critic
     errors less; measured on reacher-easy, README "Measured results").
@@ -117,6 +119,7 @@ class DCMPCConfig(DCWMConfig, TD3Config):
     batch_size: int = 512  # the paper's; overrides TD3Config's 256
     # planner
     plan_mode: str = "mppi"
+    prior_act_steps: int = 0
     plan_value: str = "mean"
     # the planner's keys and defaults are MPPIConfig's (PLANNER_KEYS), which also validates them
     plan_horizon: int = MPPIConfig.horizon
@@ -173,10 +176,14 @@ class DCMPCConfig(DCWMConfig, TD3Config):
             "enc_lr": self.enc_lr > 0,
             "enc_weight_decay": self.enc_weight_decay >= 0,
             "plan_mode": self.plan_mode in PLAN_MODES,
+            "prior_act_steps": self.prior_act_steps >= 0,
             "plan_value": self.plan_value in PLAN_VALUES,
         }
         check_fields(
-            self, checks, "DC-MPC hyperparameter", f"plan_mode in {PLAN_MODES}; plan_value in {PLAN_VALUES}; enc_lr > 0"
+            self,
+            checks,
+            "DC-MPC hyperparameter",
+            f"plan_mode in {PLAN_MODES}; plan_value in {PLAN_VALUES}; enc_lr > 0; prior_act_steps >= 0",
         )
         try:
             self.mppi_config()
@@ -281,11 +288,12 @@ class DCMPCAgent(LatentTD3Agent):
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, *, eval_mode: bool, step: int) -> np.ndarray:
-        """Plan (or, with ``plan_mode="policy"``, use π) from one observation; add σ_t noise in training."""
+        """Plan (or, with ``plan_mode="policy"`` or in training before ``prior_act_steps``, use π) from one
+        observation; add σ_t noise in training."""
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
         z = self.latent_of(obs_t, eval_mode=eval_mode)
         std = self.explore_std()
-        if self.cfg.plan_mode == "policy":
+        if self.cfg.plan_mode == "policy" or (not eval_mode and step < self.cfg.prior_act_steps):
             a = self.td3.pi(z)
         else:
             # Prior trajectories carry σ_t noise in training and evaluation alike (as in the public code,

@@ -55,6 +55,7 @@ def batch(agent: DCMPCAgent, seed: int = 0) -> TensorDict:
         ("iterations", 0),
         ("plan_mode", "greedy"),
         ("plan_value", "max"),
+        ("prior_act_steps", -1),
         ("plan_discount", 1.5),
         ("min_std", 0.0),
         ("reward_bound", [1.0, 1.0]),
@@ -211,6 +212,26 @@ def test_policy_mode_acts_with_the_prior_and_noise_only_in_training():
     train_a = np.stack([agent.act(obs, eval_mode=False, step=0) for _ in range(200)])
     assert train_a.std(0).min() > 0.3  # σ_0 = 1, clipped to [-1, 1]
     assert agent.planner.prev_mean(eval_mode=False) is None  # the planner was not used
+
+
+def test_prior_act_steps_acts_with_the_prior_in_training_until_then():
+    torch.manual_seed(0)
+    agent = tiny_agent(prior_act_steps=100)
+    policy = tiny_agent(plan_mode="policy")
+    policy.load_state_dict(agent.state_dict())
+    obs = np.random.default_rng(0).standard_normal(OBS).astype(np.float32)
+    agent.begin_episode(agent.cfg.explore_episodes)  # σ_t = 0.1
+    policy.begin_episode(agent.cfg.explore_episodes)
+    for step in (0, 99):  # training before step 100: exactly the prior + σ_t noise, the planner untouched
+        torch.manual_seed(step)
+        a = agent.act(obs, eval_mode=False, step=step)
+        torch.manual_seed(step)
+        np.testing.assert_array_equal(a, policy.act(obs, eval_mode=False, step=step))
+        assert agent.planner.prev_mean(eval_mode=False) is None
+    agent.act(obs, eval_mode=False, step=100)  # from step 100 on it plans
+    assert agent.planner.prev_mean(eval_mode=False) is not None
+    agent.act(obs, eval_mode=True, step=0)  # evaluation always plans
+    assert agent.planner.prev_mean(eval_mode=True) is not None
 
 
 def test_planning_beats_a_bad_policy_prior_on_the_model():
