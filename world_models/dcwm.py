@@ -130,7 +130,8 @@ class DCWorldModel(nn.Module):
     ``codebook [K, C]`` (``FSQ.codebook``).
 
     * ``encode(o) = FSQ(e(o))``.
-    * ``next_logits(z, a) = dyn([z ‖ a])`` viewed as ``[K, G]``: one categorical per group.
+    * ``next_logits(z, a) = dyn([z ‖ a])`` viewed as ``[K, G]``: one categorical per group (plus, with
+      ``code_locality``, the learned bias ``−β_g ‖e_k − c_g‖²`` towards codes near the current one).
     * ``next(z, a)`` (planning) = expected code per group, ``Σ_k softmax(ℓ)_k · codebook_k``, or with
       ``plan_code="mode"`` the most likely code per group, ``codebook_{argmax_k ℓ_k}``.
     * ``sample_next(z, a)`` (training) = straight-through Gumbel-softmax one-hot times the codebook:
@@ -196,7 +197,7 @@ class DCWorldModel(nn.Module):
         ``‖c_g‖²`` term, which is the same for every code k of a group and so changes no softmax, argmax or
         cross-entropy."""
         cb = self.codebook.to(z.dtype)  # [K, C]
-        zg = z.reshape(*z.shape[:-1], self.num_groups, cb.shape[1]).transpose(-1, -2)  # [N, C, G]
+        zg = self.fsq.grouped(z).transpose(-1, -2)  # [N, C, G]
         closeness = 2.0 * torch.matmul(cb, zg) - cb.pow(2).sum(-1, keepdim=True)  # [N, K, G]
         return F.softplus(self.locality_raw) * closeness
 

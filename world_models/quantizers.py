@@ -60,7 +60,8 @@ class FSQ(nn.Module):
         """Size of the flat latent: ``num_groups * len(levels)``."""
         return self.num_groups * self.num_channels
 
-    def _grouped(self, z: Tensor) -> Tensor:
+    def grouped(self, z: Tensor) -> Tensor:
+        """Flat ``[..., G*C]`` -> per-group ``[..., G, C]``; a wrong last dimension is an error."""
         if z.shape[-1] != self.dim:
             raise ValueError(f"FSQ expects a last dimension of {self.dim}, got shape {tuple(z.shape)}")
         return z.reshape(*z.shape[:-1], self.num_groups, self.num_channels)
@@ -71,13 +72,13 @@ class FSQ(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         """Quantise a flat latent ``[..., G*C]`` to normalised codes ``[..., G*C]`` (straight-through)."""
-        b = self.bound(self._grouped(z))
+        b = self.bound(self.grouped(z))
         q = b + (torch.round(b) - b).detach()
         return (q / self._half_width).reshape(z.shape)
 
     def codes_to_indices(self, codes: Tensor) -> Tensor:
         """Normalised codes ``[..., G*C]`` -> integer indices ``[..., G]``."""
-        digits = torch.round(self._grouped(codes) * self._half_width + self._half_width).long()
+        digits = torch.round(self.grouped(codes) * self._half_width + self._half_width).long()
         return (digits * self._basis).sum(-1)
 
     def indices_to_codes_grouped(self, indices: Tensor) -> Tensor:
