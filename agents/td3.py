@@ -81,21 +81,21 @@ class TD3(nn.Module):
     def pi(self, z: Tensor, target: bool = False) -> Tensor:
         return torch.tanh((self.actor_target if target else self.actor)(z))
 
-    def q(self, z: Tensor, a: Tensor, target: bool = False, members: Tensor | None = None) -> Tensor:
-        """All critics' values ``[E, N]``, or only those indexed by ``members`` (``[M, N]``)."""
+    def q(self, z: Tensor, a: Tensor, target: bool = False) -> Tensor:
+        """All critics' values ``[E, N]``."""
         net = self.critic_target if target else self.critic
-        return net(torch.cat([z, a], -1), members).squeeze(-1)
+        return net(torch.cat([z, a], -1)).squeeze(-1)
 
     def _subset(self) -> Tensor:
         return torch.randperm(self.cfg.num_critics, device=self.actor[0].weight.device)[: self.cfg.q_sample_size]
 
     def q_mean_random(self, z: Tensor, a: Tensor) -> Tensor:
         """Mean of ``q_sample_size`` randomly chosen online critics ``[N]`` (planning value, actor loss)."""
-        return self.q(z, a, members=self._subset()).mean(0)
+        return self.q(z, a)[self._subset()].mean(0)
 
     def q_min_random(self, z: Tensor, a: Tensor, target: bool = False) -> Tensor:
         """Min of ``q_sample_size`` randomly chosen critics ``[N]`` (TD target; pessimistic planning value)."""
-        return self.q(z, a, target=target, members=self._subset()).min(0).values
+        return self.q(z, a, target=target)[self._subset()].min(0).values
 
     def explore_std(self, episode: int) -> float:
         c = self.cfg

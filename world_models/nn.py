@@ -24,9 +24,7 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
 class EnsembleLinear(nn.Module):
     """``E`` independent linear layers evaluated with one batched matmul: ``y_e = x_e W_e + b_e``.
 
-    Input ``[E, N, in]`` (or ``[N, in]``, broadcast to every member) -> output ``[E, N, out]``. With
-    ``members`` (indices ``[M]``) only those members are evaluated: input ``[M, N, in]`` or ``[N, in]``,
-    output ``[M, N, out]``, each member's rows computed exactly as in the full ensemble.
+    Input ``[E, N, in]`` (or ``[N, in]``, broadcast to every member) -> output ``[E, N, out]``.
     """
 
     def __init__(self, num_members: int, in_dim: int, out_dim: int) -> None:
@@ -38,11 +36,10 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
-        weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+    def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:
-            return torch.einsum("ni,eio->eno", x, weight) + bias
-        return torch.baddbmm(bias, x, weight)
+            return torch.einsum("ni,eio->eno", x, self.weight) + self.bias
+        return torch.baddbmm(self.bias, x, self.weight)
 
 
 class EnsembleLayerNorm(nn.Module):
@@ -53,17 +50,14 @@ class EnsembleLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_members, 1, dim))
         self.bias = nn.Parameter(torch.zeros(num_members, 1, dim))
 
-    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
-        weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
-        return F.layer_norm(x, x.shape[-1:]) * weight + bias
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
 
 
 class EnsembleMLP(nn.Module):
     """``E`` MLPs of identical shape (``Linear -> LayerNorm -> Mish`` hidden layers), vectorised.
 
-    ``forward(x)`` maps ``[N, in]`` to ``[E, N, out]``; ``forward(x, members)`` evaluates only the members
-    indexed by ``members [M]`` (``[M, N, out]``): the REDQ-style heads that read 2 random critics of 5 then
-    pay for 2.
+    ``forward(x)`` maps ``[N, in]`` to ``[E, N, out]``.
     """
 
     def __init__(self, num_members: int, in_dim: int, hidden: Sequence[int], out_dim: int) -> None:
@@ -77,12 +71,8 @@ class EnsembleMLP(nn.Module):
         self.net = nn.Sequential(*layers)
         self.num_members = num_members
 
-    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
-        if members is None:
-            return self.net(x)
-        for layer in self.net:
-            x = layer(x, members) if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)) else layer(x)
-        return x
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
 
 
 @torch.no_grad()
