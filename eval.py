@@ -32,9 +32,7 @@ def run(cfg: DictConfig) -> dict:
         hparams=cfg.hparams,
         render_size=cfg.env_settings.render_size,
     )
-    saved, ckpt, env, agent, device = (
-        restored.cfg, restored.ckpt, restored.env, restored.agent, restored.device
-    )
+    saved, ckpt, env, agent, device = (restored.cfg, restored.ckpt, restored.env, restored.agent, restored.device)
     try:
         out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.path.parent.parent / "eval"
         episodes = int(cfg.episodes)

@@ -253,9 +253,7 @@ class MPPIPlanner:
         for h in range(cfg.horizon):
             a = model.policy(zr)
             if a.shape != (b * p, self.action_dim):
-                raise ValueError(
-                    f"model.policy returned shape {tuple(a.shape)}, expected {(b * p, self.action_dim)}"
-                )
+                raise ValueError(f"model.policy returned shape {tuple(a.shape)}, expected {(b * p, self.action_dim)}")
             a = a.to(dtype).clamp(-1.0, 1.0)
             acts.append(a)
             if h < cfg.horizon - 1:
@@ -309,9 +307,7 @@ class MPPIPlanner:
             value = torch.where(finite, value, torch.full_like(value, -torch.inf))
 
             elite_value, elite_idx = torch.topk(value, k, dim=1)  # [B, K]
-            elite_actions = torch.gather(
-                actions, 1, elite_idx[:, :, None, None].expand(b, k, h_, a_)
-            )  # [B, K, H, A]
+            elite_actions = torch.gather(actions, 1, elite_idx[:, :, None, None].expand(b, k, h_, a_))  # [B, K, H, A]
             # exp(τ (J − max J)) normalised; non-finite J get weight 0.
             score = torch.softmax(cfg.temperature * elite_value, dim=1).nan_to_num(0.0)
             w = score[:, :, None, None]

@@ -180,9 +180,7 @@ class DMCEnv(gym.Env):
 
     def flat_observation(self, observation: Any) -> np.ndarray:
         """The flat float32 observation of a dm_env timestep's observation dict (``obs_mask`` keys dropped)."""
-        return np.concatenate(
-            [np.asarray(observation[k], dtype=np.float32).reshape(-1) for k in self.obs_keys]
-        )
+        return np.concatenate([np.asarray(observation[k], dtype=np.float32).reshape(-1) for k in self.obs_keys])
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -204,9 +202,7 @@ class DMCEnv(gym.Env):
 
     def render(self) -> np.ndarray:
         self._check_open()
-        frame = self._env.physics.render(
-            height=self.render_size, width=self.render_size, camera_id=self._camera_id
-        )
+        frame = self._env.physics.render(height=self.render_size, width=self.render_size, camera_id=self._camera_id)
         if not self._rendered:
             self._rendered = True
             close_at_exit(self)

@@ -49,7 +49,5 @@ def make_gym_env(env_id: str, max_episode_steps: int | None = None) -> gym.Env:
     if not isinstance(env.action_space, gym.spaces.Box):
         space = env.action_space
         env.close()
-        raise ValueError(
-            f"gym/{env_id} has action space {space!r}; only continuous Box action spaces are supported"
-        )
+        raise ValueError(f"gym/{env_id} has action space {space!r}; only continuous Box action spaces are supported")
     return env

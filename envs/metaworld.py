@@ -41,8 +41,7 @@ def _env_dict() -> Any:
         import metaworld.env_dict as env_dict
     except ImportError as e:
         raise ImportError(
-            f"metaworld/ environments need Meta-World (pip install 'metaworld==3.1.1'); importing it "
-            f"failed: {e}"
+            f"metaworld/ environments need Meta-World (pip install 'metaworld==3.1.1'); importing it failed: {e}"
         ) from e
     return env_dict
 
@@ -71,8 +70,7 @@ def resolve_metaworld_name(name: str) -> str:
             hint = " Did you mean: " + ", ".join(f"metaworld/{c}" for c in close) + "?"
     compact = ", ".join(n.removesuffix("-v3") for n in valid)
     raise ValueError(
-        f"Unknown Meta-World task {name!r}.{hint} Valid metaworld/<task>-v3 tasks (shown without "
-        f"'-v3'): {compact}."
+        f"Unknown Meta-World task {name!r}.{hint} Valid metaworld/<task>-v3 tasks (shown without '-v3'): {compact}."
     )
 
 
@@ -99,9 +97,7 @@ class MetaWorldEnv(gym.Env):
         self.task = task
         self.render_mode = "rgb_array"
         cls = env_dict.ALL_V3_ENVIRONMENTS[task]
-        raw = cls(
-            render_mode="rgb_array", camera_name=CAMERA_NAME, width=int(render_size), height=int(render_size)
-        )
+        raw = cls(render_mode="rgb_array", camera_name=CAMERA_NAME, width=int(render_size), height=int(render_size))
         # Goal-observable + a random goal per reset, as Meta-World's *-goal-observable classes set it up,
         # but with the goal drawn from the env's (seedable) generator instead of the global np.random.
         raw._partially_observable = False

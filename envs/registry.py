@@ -78,16 +78,12 @@ def _is_int(x: Any) -> bool:
 
 def _validate(cfg: EnvConfig) -> None:
     if not isinstance(cfg.name, str) or not cfg.name:
-        raise ValueError(
-            f"EnvConfig.name must be a non-empty string like 'dmc/walker-walk', got {cfg.name!r}"
-        )
+        raise ValueError(f"EnvConfig.name must be a non-empty string like 'dmc/walker-walk', got {cfg.name!r}")
     if not _is_int(cfg.seed) or cfg.seed < 0:
         raise ValueError(f"EnvConfig.seed must be an integer >= 0, got {cfg.seed!r}")
     if cfg.action_repeat is not None and (not _is_int(cfg.action_repeat) or cfg.action_repeat < 1):
         raise ValueError(f"action_repeat must be an integer >= 1 (or None), got {cfg.action_repeat!r}")
-    if cfg.max_episode_steps is not None and (
-        not _is_int(cfg.max_episode_steps) or cfg.max_episode_steps < 1
-    ):
+    if cfg.max_episode_steps is not None and (not _is_int(cfg.max_episode_steps) or cfg.max_episode_steps < 1):
         raise ValueError(
             f"max_episode_steps must be an integer >= 1 (env steps) or None, got {cfg.max_episode_steps!r}"
         )
@@ -130,9 +126,7 @@ _EXACT: dict[str, _Registration] = {}
 _PREFIXES: dict[str, _Registration] = {}
 
 
-def register_env(
-    name: str, factory: EnvFactory, *, supports_obs_mask: bool = False, overwrite: bool = False
-) -> None:
+def register_env(name: str, factory: EnvFactory, *, supports_obs_mask: bool = False, overwrite: bool = False) -> None:
     """Make ``make_env`` build your own env under ``name``.
 
     ``name`` is either an exact name with a prefix (``"custom/my-reacher"``) or a whole prefix
@@ -235,8 +229,7 @@ def resolve_defaults(
         unknown = sorted(set(override) - set(_FALLBACK_DEFAULTS))
         if unknown:
             raise ValueError(
-                f"suite_defaults[{prefix!r}] has unknown key(s) {unknown}; "
-                f"valid: {sorted(_FALLBACK_DEFAULTS)}"
+                f"suite_defaults[{prefix!r}] has unknown key(s) {unknown}; valid: {sorted(_FALLBACK_DEFAULTS)}"
             )
         table.update(override)
     if cfg.action_repeat is None:
@@ -330,9 +323,7 @@ def make_env(
 
         spec_name = canonical_env_name(cfg.name)
         task = spec_name.removeprefix("metaworld/")
-        env = MetaWorldEnv(
-            task, seed=cfg.seed, render_size=cfg.render_size, max_episode_steps=cfg.max_episode_steps
-        )
+        env = MetaWorldEnv(task, seed=cfg.seed, render_size=cfg.render_size, max_episode_steps=cfg.max_episode_steps)
     elif prefix == "gym":
         from envs.gym_env import make_gym_env, resolve_gym_id
 

@@ -72,9 +72,7 @@ class VectorObservation(gym.ObservationWrapper):
         flat = spaces.flatten_space(env.observation_space)
         if not isinstance(flat, spaces.Box):
             raise ValueError(f"cannot flatten observation space {env.observation_space!r} into a vector")
-        self.observation_space = spaces.Box(
-            flat.low.astype(np.float32), flat.high.astype(np.float32), dtype=np.float32
-        )
+        self.observation_space = spaces.Box(flat.low.astype(np.float32), flat.high.astype(np.float32), dtype=np.float32)
 
     def observation(self, observation: Any) -> np.ndarray:
         return np.asarray(spaces.flatten(self._inner_space, observation), dtype=np.float32)
@@ -169,9 +167,7 @@ class ResolvedEnv(gym.Wrapper):
         self._rendered = False
         self.action_space.seed(config.seed)
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         if seed is None and self._first_seed is not None:
             seed = self._first_seed
         self._first_seed = None

@@ -411,9 +411,7 @@ def test_unknown_names_list_valid_names(name, fragments):
         assert fragment in str(err.value)
 
 
-@pytest.mark.parametrize(
-    ("name", "module"), [("dmc/walker-walk", "dm_control"), ("metaworld/reach-v3", "metaworld")]
-)
+@pytest.mark.parametrize(("name", "module"), [("dmc/walker-walk", "dm_control"), ("metaworld/reach-v3", "metaworld")])
 def test_suite_import_error_shows_the_real_cause(monkeypatch, name, module):
     monkeypatch.setitem(sys.modules, module, None)  # makes ``import <module>`` fail
     with pytest.raises(ImportError, match=module) as err:

@@ -64,8 +64,12 @@ def test_training_the_representation_raises_similarity_and_moves_only_encoder_si
 
 
 def test_invalid_hyperparameters():
-    for bad, field in [({"batch_size": 0}, "batch_size"), ({"horizon": 0}, "horizon"),
-                       ({"q_sample_size": 6}, "q_sample_size"), ({"fsq_levels": [1]}, "levels")]:
+    for bad, field in [
+        ({"batch_size": 0}, "batch_size"),
+        ({"horizon": 0}, "horizon"),
+        ({"q_sample_size": 6}, "q_sample_size"),
+        ({"fsq_levels": [1]}, "levels"),
+    ]:
         with pytest.raises(ValueError, match=field):
             IQRLConfig(**bad)
 

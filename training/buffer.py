@@ -198,9 +198,7 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         if state["capacity"] != self.capacity:
-            raise ValueError(
-                f"buffer in checkpoint has capacity {state['capacity']}, this run has {self.capacity}"
-            )
+            raise ValueError(f"buffer in checkpoint has capacity {state['capacity']}, this run has {self.capacity}")
         n = int(state["size"])
         for k in FIELDS:
             src = state["data"][k]

@@ -129,7 +129,9 @@ class Logger:
             ax.plot(
                 [float(r["step"]) for r in tr],
                 [float(r["episode_return"]) for r in tr],
-                color="0.7", lw=0.8, label="train episode",
+                color="0.7",
+                lw=0.8,
+                label="train episode",
             )
         x = [float(r["step"]) for r in ev]
         m = [float(r["return_mean"]) for r in ev]

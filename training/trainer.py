@@ -250,4 +250,3 @@ class Trainer:
             if self.pbar is not None:
                 self.pbar.close()
         return final
-
