@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from agents.common import Agent
-from world_models.config import build_config
+from common.config import build_config
 
 
 def _iqrl():

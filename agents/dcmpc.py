@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from agents.common import optimizer_step
 from agents.planning import MPPIConfig, MPPIPlanner
 from agents.td3 import TD3, LatentTD3Agent, TD3Config, nstep_targets
-from world_models.config import check_fields
+from common.config import check_fields
 from world_models.dcwm import DCWMConfig, DCWorldModel
 from world_models.kla.belief import BeliefState, KLABeliefConfig, KLABeliefWorldModel
 

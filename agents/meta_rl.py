@@ -64,9 +64,9 @@ from torch import Tensor, nn
 
 from agents.common import optimizer_step
 from agents.td3 import TD3, TD3Config
-from world_models.config import check_fields
+from common.config import check_fields
+from common.nn import mlp
 from world_models.contextual import ContextEncoder, ContextualWMConfig, ContextualWorldModel
-from world_models.nn import mlp
 
 REPRESENTATIONS = ("none", "context", "world_model")
 BEHAVIOUR_MODELS = ("gan", "gaussian")

@@ -48,10 +48,10 @@ from torch import Tensor, nn
 from agents.common import linear_schedule, optimizer_step
 from agents.meta_rl import MetaRLAgent, MetaRLConfig, Normalizer
 from agents.td3 import TD3, TD3Config
+from common.config import build_config, check_fields
+from common.nn import mlp
 from training.checkpoint import CheckpointError, load_checkpoint
-from world_models.config import build_config, check_fields
 from world_models.contextual import ContextEncoder, ContextEncoderConfig
-from world_models.nn import mlp
 
 MODES = ("residual", "finetune")
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.common import linear_schedule, optimizer_step
-from world_models.nn import EnsembleMLP, mlp, soft_update
+from common.nn import EnsembleMLP, mlp, soft_update
 
 
 @dataclass

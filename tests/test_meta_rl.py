@@ -15,11 +15,11 @@ from conftest import run_script
 import benchmarks.offline_meta as offline_meta
 from agents.common import NonFiniteLossError
 from agents.meta_rl import VARIANTS, MetaRLAgent, MetaRLConfig
+from common.config import build_config
 from training.checkpoint import load_checkpoint
 from training.offline import TaskSampler, load_any_dataset, run_offline
 from training.setup import compose_config
 from training.trainer import TrainingStopped
-from world_models.config import build_config
 
 CHEETAH_TASKS = ["cheetah_vel/train-0", "cheetah_vel/train-6", "cheetah_vel/train-13", "cheetah_vel/train-19"]
 REACH_TASKS = ["ml1_reach/train-0", "ml1_reach/train-13", "ml1_reach/train-26", "ml1_reach/train-39"]

@@ -31,13 +31,13 @@ import train as train_script
 from agents import make_agent
 from agents.meta_rl import MetaRLAgent, MetaRLConfig
 from agents.offline_to_online import OfflineToOnlineAgent, OfflineToOnlineConfig
+from common.config import build_config
 from envs import EnvConfig, make_env
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.evaluation import evaluate
 from training.offline import run_offline
 from training.setup import compose_config
 from training.trainer import Trainer
-from world_models.config import build_config
 
 # ---------------------------------------------------------------------------------------------------
 # a cheap changing-gain family (registered for this test module)

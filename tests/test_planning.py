@@ -437,8 +437,8 @@ def test_config_boundaries_are_valid() -> None:
 def test_paper_size_agent_config_plans_with_the_dataclass_defaults() -> None:
     """configs/agent/dcmpc.yaml at paper size maps (via dcmpc.PLANNER_KEYS) onto exactly MPPIConfig's defaults."""
     from agents.dcmpc import PLANNER_KEYS, DCMPCConfig
+    from common.config import build_config
     from training.setup import agent_hparams, compose_config
-    from world_models.config import build_config
 
     cfg = compose_config(["agent=dcmpc", "agent.size=paper", "device=cpu", "agent.hparams.reward_bound=null"])
     hp = build_config(DCMPCConfig, agent_hparams(cfg.agent), "configs/agent/dcmpc.yaml")

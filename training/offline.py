@@ -56,13 +56,13 @@ from tqdm import tqdm
 import envs.task_families as task_families
 from agents.common import NonFiniteLossError
 from agents.meta_rl import MetaRLAgent, MetaRLConfig
+from common.config import build_config, check_fields
+from common.seeding import rng_state, set_rng_state
 from envs.datasets import Dataset, load_dataset, load_dataset_dir
 from training.checkpoint import save_checkpoint, save_if_finite
 from training.logger import Logger
-from training.seeding import rng_state, set_rng_state
 from training.setup import agent_hparams, build_logger, resolve_size, resume_config, setup_process, wandb_id
 from training.trainer import TrainingStopped
-from world_models.config import build_config, check_fields
 
 EVAL_SEED_OFFSET = 1_000_003
 

@@ -19,13 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents import make_agent
 from agents.common import Agent
+from common.config import build_config
+from common.seeding import resolve_device, seed_everything
 from envs import canonical_env_name, make_env, name_key
 from training.buffer import ReplayBuffer
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from training.logger import Logger
-from training.seeding import resolve_device, seed_everything
 from training.trainer import TrainerConfig
-from world_models.config import build_config
 
 SIZES = ("auto", "paper", "small")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

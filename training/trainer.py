@@ -14,12 +14,12 @@ import torch
 from tqdm import tqdm
 
 from agents.common import Agent, NonFiniteLossError
+from common.config import check_fields
+from common.seeding import rng_state, set_rng_state
 from training.buffer import ReplayBuffer
 from training.checkpoint import save_checkpoint, save_if_finite
 from training.evaluation import evaluate
 from training.logger import Logger
-from training.seeding import rng_state, set_rng_state
-from world_models.config import check_fields
 
 
 class TrainingStopped(RuntimeError):

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from world_models.config import check_fields
-from world_models.nn import mlp, soft_update
+from common.config import check_fields
+from common.nn import mlp, soft_update
 
 POOLINGS = ("mean", "attention")
 

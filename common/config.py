@@ -1,6 +1,6 @@
 """Config dataclass helpers shared by every layer (world models, agents, trainers).
 
-They live in the lowest package so that world models can validate their configs without importing agents.
+They live in the lowest package so that every layer can validate its configs.
 """
 
 from __future__ import annotations
