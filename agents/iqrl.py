@@ -1,49 +1,57 @@
-"""iQRL agent: TD3 on implicitly quantised latents (Scannell et al. 2024)."""
+"""iQRL agent: TD3 on implicitly quantised latents (Scannell et al. 2024).
+
+The world model (``world_model=iqrl``, :class:`world_models.iqrl.IQRLWorldModel`) is trained by latent
+self-consistency only; TD3 acts on the detached quantised latents of the online encoder.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from tensordict import TensorDict
 from torch import nn
 
-from agents.common import optimizer_step
-from agents.td3 import TD3, LatentTD3Agent, TD3Config, nstep_targets
-from world_models.iqrl import IQRLModelConfig, IQRLWorldModel
+from agents.common import ExplorationConfig, OptimConfig, optimizer_step
+from agents.td3 import TD3, ActorCriticConfig, LatentTD3Agent, nstep_targets
+from world_models import make_world_model, world_model_config
 
 
 @dataclass
-class IQRLConfig(IQRLModelConfig, TD3Config):
-    """All iQRL hyperparameters: representation (``IQRLModelConfig``) + actor-critic (``TD3Config``)."""
+class IQRLConfig:
+    """iQRL, composed of its parts' configs (``agent`` in the composed config, ``configs/agent/iqrl.yaml``).
 
-    enc_lr: float = 1e-4
-    enc_weight_decay: float = 0.01
+    ``world_model``: any world model (``world_model=iqrl``, the paper's); its ``loss`` alone shapes the encoder.
+    """
+
+    world_model: Any = field(default_factory=lambda: {"name": "iqrl"})
+    actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
     def __post_init__(self) -> None:
-        TD3Config.__post_init__(self)
-        IQRLModelConfig.__post_init__(self)
-        if self.enc_lr <= 0:
-            raise ValueError(f"invalid hyperparameter enc_lr={self.enc_lr}: must be > 0")
+        if not dataclasses.is_dataclass(self.world_model):
+            self.world_model = world_model_config(self.world_model, "world_model")
 
 
 class IQRLAgent(LatentTD3Agent):
-    """Encoder + FSQ trained by latent self-consistency (``IQRLWorldModel``); TD3 acts on the
-    detached quantised latents of the online encoder. Only the consistency loss shapes the encoder."""
+    """World model trained by its own loss (iQRL: latent self-consistency); TD3 acts on its detached latents."""
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: IQRLConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
-        self.wm = IQRLWorldModel(obs_dim, action_dim, cfg)
-        self.td3 = TD3(self.wm.latent_dim, action_dim, cfg)
+        self.wm = make_world_model(cfg.world_model, obs_dim, action_dim)
+        self.td3 = TD3(self.wm.latent_dim, action_dim, cfg.actor_critic, cfg.optim)
         self.nets = nn.ModuleDict({"wm": self.wm, "td3": self.td3}).to(device)
         self.wm_opt = torch.optim.AdamW(
-            list(self.wm.encoder.parameters()) + list(self.wm.dynamics.parameters()),
-            lr=cfg.enc_lr,
-            weight_decay=cfg.enc_weight_decay,
+            [p for p in self.wm.parameters() if p.requires_grad],
+            lr=cfg.optim.wm_lr,
+            weight_decay=cfg.optim.wm_weight_decay,
         )
-        self.sample_horizon = max(cfg.horizon, cfg.nstep)
+        self.sample_horizon = max(self.wm.window_length, self.wm.window_offset + cfg.actor_critic.nstep)
         self.episode = 0
 
     def begin_episode(self, episode: int) -> None:
@@ -51,24 +59,25 @@ class IQRLAgent(LatentTD3Agent):
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, *, eval_mode: bool, step: int) -> np.ndarray:
-        z = self.wm.encode(torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None])
+        z, _ = self.wm.observe(torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None])
         a = self.td3.pi(z)
         if not eval_mode:
-            a = self.td3.add_exploration_noise(a, self.td3.explore_std(self.episode))
+            a = self.td3.add_exploration_noise(a, self.explore_std())
         return a[0].cpu().numpy()
 
     def update(self, batch: TensorDict) -> dict[str, float]:
         batch = batch.to(self.device)
         wm_loss, metrics = self.wm.loss(batch)
         metrics["wm_grad_norm"] = optimizer_step(
-            "consistency_loss", wm_loss, self.wm_opt, self.wm_opt.param_groups[0]["params"], self.cfg.grad_clip
+            "consistency_loss", wm_loss, self.wm_opt, self.wm_opt.param_groups[0]["params"], self.cfg.optim.grad_clip
         )
-        self.wm.update_target()
-        n = self.cfg.nstep
+        self.wm.after_update()
+        n, off = self.cfg.actor_critic.nstep, self.wm.window_offset
         with torch.no_grad():
-            z = self.wm.encode(batch["obs"][:, 0])
-            z_next = self.wm.encode(batch["obs"][:, n])
-            ret, discount = nstep_targets(batch["reward"], batch["terminated"], self.cfg.gamma, n)
-        metrics.update(self.td3.update(z, batch["action"][:, 0], ret, discount, z_next))
-        metrics["explore_std"] = self.td3.explore_std(self.episode)
+            z_pair = self.wm.window_latents(batch["obs"], [0, n])
+            ret, discount = nstep_targets(
+                batch["reward"][:, off:], batch["terminated"][:, off:], self.cfg.actor_critic.gamma, n
+            )
+        metrics.update(self.td3.update(z_pair[:, 0], batch["action"][:, off], ret, discount, z_pair[:, 1]))
+        metrics["explore_std"] = self.explore_std()
         return metrics

@@ -1,16 +1,20 @@
 """Offline meta-RL agent: TD3+BC conditioned on a task representation inferred from a few transitions.
 
 The representation ``z`` of a task is computed from a *context* set of its transitions (see
-:class:`world_models.contextual.ContextEncoder`). Four variants, chosen by config:
+:class:`world_models.contextual.ContextEncoder`, settings ``agent.context``). Four variants, chosen by config
+(:data:`VARIANTS`; the task-representation losses' settings are ``agent.task_loss``):
 
-| variant | ``representation`` | ``entropy_coef`` | what trains the context encoder |
+| variant | ``representation`` | ``task_loss.entropy_coef`` | what trains the context encoder |
 |---|---|---|---|
 | (a) no task representation | ``none`` | - | nothing (the policy sees ``s`` only) |
 | (b) context encoder | ``context`` | ``0`` | FOCAL distance-metric loss |
 | (c) ER-TRL | ``context`` | ``> 0`` | FOCAL + entropy regulariser |
 | (d) contextual world model | ``world_model`` | ``0`` (or ``> 0``) | latent consistency + reward (+ InfoNCE) |
 
-**FOCAL distance metric** (weight ``focal_coef``) over the ``N = T*M`` context representations of a batch::
+With ``representation=world_model`` the contextual world model (``world_model=contextual``,
+:class:`world_models.contextual.ContextualWorldModel`) owns the context encoder and trains it.
+
+**FOCAL distance metric** (weight ``task_loss.focal_coef``) over the ``N = T*M`` context representations of a batch::
 
     L_focal = mean_{i != j, same task} ||z_i - z_j||^2 + mean_{different tasks} 1 / (||z_i - z_j||^2 + eps)
 
@@ -30,13 +34,13 @@ by maximum likelihood and uses ``L_ent = - mean H(a | s, z)`` per state. Since
 entropy given ``z`` removes from ``z`` what it tells about the actions beyond the state, i.e. which policy
 collected the context. (What the states alone reveal about the policy is out of its reach: when two
 policies visit disjoint states, the model needs no ``z`` to tell them apart and the term has no effect.)
-Weight ``entropy_coef`` (paper: 2.5 cheetah/humanoid, 5 others); ``0`` turns the regulariser and the
+Weight ``task_loss.entropy_coef`` (paper: 2.5 cheetah/humanoid, 5 others); ``0`` turns the regulariser and the
 behaviour model off.
 
 **Actor-critic**: TD3+BC (Fujimoto & Gu 2021) on ``x = [norm(s), sg(z)]`` (the paper used BRAC; the
-fact sheet allows any solid offline actor-critic): twin critics (the REDQ-style ensemble of
-:class:`agents.td3.TD3`) regress on ``y = r + gamma (1 - term) min_e Qbar_e(x', pibar(x') + eps)``,
-the actor maximises::
+fact sheet allows any solid offline actor-critic; settings ``agent.actor_critic``, ``agent.bc_alpha``): twin
+critics (the REDQ-style ensemble of :class:`agents.td3.TD3`) regress on
+``y = r + gamma (1 - term) min_e Qbar_e(x', pibar(x') + eps)``, the actor maximises::
 
     L_actor = - lambda * mean Q(x, pi(x)) + mean ||pi(x) - a||^2,   lambda = alpha / sg(mean |Q(x, pi(x))|)
 
@@ -47,14 +51,18 @@ before any context exists (the online evaluation protocol of :mod:`training.offl
 
 Batches are *grouped* (:class:`training.offline.TaskSampler`): ``T`` slots, each ``B`` windows of
 ``H + 1`` observations and ``M`` context sets of ``K`` transitions drawn from the same task (and, with
-``context_source=behaviour``, the same behaviour policy).
+``sampling.context_source=behaviour``, the same behaviour policy; settings ``agent.sampling``, ``B`` =
+``optim.batch_size``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,80 +70,166 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from agents.common import optimizer_step
-from agents.td3 import TD3, TD3Config
-from common.config import check_fields
+from agents.common import ExplorationConfig, OptimConfig, optimizer_step
+from agents.td3 import TD3, ActorCriticConfig
+from common.config import check_fields, dims_ok
 from common.nn import mlp
-from world_models.contextual import ContextEncoder, ContextualWMConfig, ContextualWorldModel
+from world_models import make_world_model, world_model_config
+from world_models.contextual import ContextEncoder, ContextEncoderConfig, ContextualWMConfig, ContextualWorldModel
 
 REPRESENTATIONS = ("none", "context", "world_model")
 BEHAVIOUR_MODELS = ("gan", "gaussian")
 CONTEXT_SOURCES = ("task", "behaviour")
 VARIANTS: dict[str, dict[str, object]] = {
-    "a_none": {"representation": "none", "entropy_coef": 0.0},
-    "b_context": {"representation": "context", "entropy_coef": 0.0},
+    "a_none": {"representation": "none", "task_loss.entropy_coef": 0.0},
+    "b_context": {"representation": "context", "task_loss.entropy_coef": 0.0},
     "c_ertrl": {"representation": "context"},
-    "d_world_model": {"representation": "world_model", "entropy_coef": 0.0},
+    "d_world_model": {"representation": "world_model", "task_loss.entropy_coef": 0.0},
 }
-"""The four variants as hyperparameter overrides (``c_ertrl`` keeps the configured ``entropy_coef``)."""
+"""The four variants as overrides of the ``agent`` section, dotted keys (``agent.<key>=<value>`` on the command
+line; ``c_ertrl`` keeps the configured ``task_loss.entropy_coef``)."""
 
 
 @dataclass
-class MetaRLConfig(ContextualWMConfig, TD3Config):
-    """All hyperparameters: context encoder / world model, TD3 critics, ER-TRL and sampling."""
+class TaskLossConfig:
+    """What trains the context encoder with ``representation=context`` (``agent.task_loss``; module docstring).
 
-    representation: str = "context"  # none | context | world_model
-    # ER-TRL encoder losses
-    entropy_coef: float = 2.5  # weight w of the entropy regulariser; 0 disables it
+    Attributes:
+        focal_coef, focal_eps: weight of the FOCAL distance metric and its ``eps``.
+        entropy_coef: w of the ER-TRL entropy regulariser (paper: 2.5 cheetah/humanoid, 5 others); 0 turns the
+            regulariser and the behaviour model off (also with ``representation=world_model``, where it applies too).
+        entropy_cov_eps: ``Sigma + eps I`` of the GAN's Gaussian fit.
+        behaviour_model: ``gan`` (ER-TRL's conditional GAN) or ``gaussian`` (diagonal Gaussian, max. likelihood).
+        behaviour_mlp_dims, behaviour_lr: hidden sizes and Adam learning rate of the behaviour model (GAN: beta1 0.5).
+        behaviour_updates: behaviour-model steps per agent update (GAN: G/D pairs).
+        gan_noise_dim: size of the GAN's noise ``xi``.
+    """
+
     focal_coef: float = 10.0
     focal_eps: float = 0.1
-    ctx_lr: float = 3e-4
-    # behaviour-policy model: conditional GAN (ER-TRL) or diagonal Gaussian
-    behaviour_model: str = "gan"  # gan | gaussian
+    entropy_coef: float = 2.5
+    entropy_cov_eps: float = 1e-5
+    behaviour_model: str = "gan"
     behaviour_mlp_dims: list[int] = field(default_factory=lambda: [256, 256])
     behaviour_lr: float = 2e-4
-    behaviour_updates: int = 5  # model steps per agent update (GAN: G/D pairs)
+    behaviour_updates: int = 5
     gan_noise_dim: int = 20
-    entropy_cov_eps: float = 1e-5
-    # TD3+BC
-    bc_alpha: float = 2.5
-    prior_prob: float = 0.1  # share of windows whose actor/critic input uses the prior z = 0 (empty context)
-    # sampling (read by training.offline.TaskSampler); batch_size = windows per task slot
-    tasks_per_batch: int = 8
-    contexts_per_task: int = 2
-    context_size: int = 64
-    context_source: str = "behaviour"  # task | behaviour
 
     def __post_init__(self) -> None:
-        TD3Config.__post_init__(self)
-        ContextualWMConfig.__post_init__(self)
         checks = {
-            "representation": self.representation in REPRESENTATIONS,
-            "context_source": self.context_source in CONTEXT_SOURCES,
-            "entropy_coef": self.entropy_coef >= 0,
             "focal_coef": self.focal_coef >= 0,
             "focal_eps": self.focal_eps > 0,
-            "ctx_lr": self.ctx_lr > 0,
+            "entropy_coef": self.entropy_coef >= 0,
+            "entropy_cov_eps": self.entropy_cov_eps > 0,
             "behaviour_model": self.behaviour_model in BEHAVIOUR_MODELS,
+            "behaviour_mlp_dims": dims_ok(self.behaviour_mlp_dims),
             "behaviour_lr": self.behaviour_lr > 0,
             "behaviour_updates": self.behaviour_updates >= 1,
             "gan_noise_dim": self.gan_noise_dim >= 1,
-            "entropy_cov_eps": self.entropy_cov_eps > 0,
-            "bc_alpha": self.bc_alpha >= 0,
-            "prior_prob": 0.0 <= self.prior_prob <= 1.0,
-            "nstep": self.nstep == 1,
+        }
+        check_fields(self, checks, "task-loss setting", f"behaviour_model in {BEHAVIOUR_MODELS}")
+
+
+@dataclass
+class SamplingConfig:
+    """Grouped batches (``agent.sampling``, read by the builder for :class:`training.offline.TaskSampler`).
+
+    Attributes:
+        tasks_per_batch: T, task slots per update (each holds ``optim.batch_size`` windows).
+        contexts_per_task: M, context sets per slot (FOCAL needs >= 2 for same-task pairs).
+        context_size: K, transitions per context set.
+        context_source: ``behaviour`` (a slot is one (task, behaviour policy) group) or ``task`` (all of the task).
+    """
+
+    tasks_per_batch: int = 8
+    contexts_per_task: int = 2
+    context_size: int = 64
+    context_source: str = "behaviour"
+
+    def __post_init__(self) -> None:
+        checks = {
             "tasks_per_batch": self.tasks_per_batch >= 1,
             "contexts_per_task": self.contexts_per_task >= 1,
             "context_size": self.context_size >= 1,
-            "batch_size": self.batch_size >= 2,  # a covariance needs two samples
+            "context_source": self.context_source in CONTEXT_SOURCES,
         }
-        check_fields(
+        check_fields(self, checks, "sampling setting", f"context_source in {CONTEXT_SOURCES}")
+
+
+@dataclass
+class MetaOptimConfig(OptimConfig):
+    """:class:`agents.common.OptimConfig` plus the context encoder's Adam (``agent.optim``).
+
+    ``batch_size`` counts windows per task slot; ``wm_lr``, ``wm_weight_decay``: AdamW over the contextual world
+    model and its context encoder (``representation=world_model``); ``ctx_lr``: Adam over the context encoder
+    (``representation=context``); ``lr``, ``grad_clip``: TD3+BC (and every other step's clipping).
+    """
+
+    ctx_lr: float = 3e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, {"ctx_lr": self.ctx_lr > 0}, "optimiser setting", "learning rates > 0")
+
+
+def check_paths(config: object, checks: Mapping[str, bool], what: str, hint: str = "") -> None:
+    """:func:`common.config.check_fields` for dotted paths into sub-configs (``optim.batch_size``)."""
+    bad = {k: reduce(getattr, k.split("."), config) for k, ok in checks.items() if not ok}
+    if bad:
+        raise ValueError(f"invalid {what}(s) {bad}" + (f" ({hint})" if hint else ""))
+
+
+@dataclass
+class MetaRLConfig:
+    """Offline meta-RL, composed of its parts' configs (``agent``, ``configs/agent/meta_rl.yaml``).
+
+    Attributes:
+        representation: ``none`` | ``context`` | ``world_model`` (module docstring's table).
+        world_model: the contextual world model (``world_model=contextual``), used with ``representation=world_model``.
+        context: the context encoder (both representations; its ``z_dim`` is the size of ``z``).
+        task_loss: FOCAL, the ER-TRL entropy regulariser and its behaviour model.
+        actor_critic: TD3+BC's actor and critics (one-step targets: ``nstep`` 1).
+        optim: learning rates, gradient clipping, windows per task slot.
+        exploration: noise of ``act(eval_mode=False)`` (evaluation is deterministic).
+        sampling: grouped batches.
+        bc_alpha: TD3+BC's alpha.
+        prior_prob: share of windows conditioned on the prior ``z = 0`` (acting before any context).
+    """
+
+    representation: str = "context"
+    world_model: Any = field(default_factory=lambda: {"name": "contextual"})
+    context: ContextEncoderConfig = field(default_factory=ContextEncoderConfig)
+    task_loss: TaskLossConfig = field(default_factory=TaskLossConfig)
+    actor_critic: ActorCriticConfig = field(
+        default_factory=lambda: ActorCriticConfig(mlp_dims=[256, 256], num_critics=2, noise_clip=0.5)
+    )
+    optim: MetaOptimConfig = field(default_factory=MetaOptimConfig)
+    exploration: ExplorationConfig = field(
+        default_factory=lambda: ExplorationConfig(std_start=0.1, std_end=0.1, episodes=0)
+    )
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    bc_alpha: float = 2.5
+    prior_prob: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.world_model is not None and not dataclasses.is_dataclass(self.world_model):
+            self.world_model = world_model_config(self.world_model, "world_model")
+        checks = {
+            "representation": self.representation in REPRESENTATIONS,
+            "bc_alpha": self.bc_alpha >= 0,
+            "prior_prob": 0.0 <= self.prior_prob <= 1.0,
+            "actor_critic.nstep": self.actor_critic.nstep == 1,
+            "optim.batch_size": self.optim.batch_size >= 2,  # a covariance needs two samples
+        }
+        check_paths(
             self,
             checks,
-            "meta-RL hyperparameter",
-            f"representation in {REPRESENTATIONS}, context_source in {CONTEXT_SOURCES}, "
-            f"behaviour_model in {BEHAVIOUR_MODELS}",
+            "meta-RL setting",
+            f"representation in {REPRESENTATIONS}; one-step targets (actor_critic.nstep 1); optim.batch_size >= 2",
         )
+        if self.representation == "world_model" and not isinstance(self.world_model, ContextualWMConfig):
+            name = getattr(self.world_model, "name", None)
+            raise ValueError(f"representation=world_model needs world_model=contextual, got world_model={name!r}")
 
     @property
     def uses_context(self) -> bool:
@@ -143,7 +237,7 @@ class MetaRLConfig(ContextualWMConfig, TD3Config):
 
     @property
     def uses_entropy(self) -> bool:
-        return self.uses_context and self.entropy_coef > 0
+        return self.uses_context and self.task_loss.entropy_coef > 0
 
 
 class Normalizer(nn.Module):
@@ -176,7 +270,7 @@ class BehaviourGAN(nn.Module):
     Generator ``a = tanh(G([s, z, xi]))``, ``xi ~ N(0, I)``; discriminator logit ``D([a, s, z])``.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, z_dim: int, cfg: MetaRLConfig) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, z_dim: int, cfg: TaskLossConfig, grad_clip: float) -> None:
         super().__init__()
         self.noise_dim = cfg.gan_noise_dim
         self.updates = cfg.behaviour_updates
@@ -184,7 +278,7 @@ class BehaviourGAN(nn.Module):
         self.discriminator = mlp(action_dim + obs_dim + z_dim, cfg.behaviour_mlp_dims, 1)
         self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.behaviour_lr, betas=(0.5, 0.999))
         self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.behaviour_lr, betas=(0.5, 0.999))
-        self.grad_clip = cfg.grad_clip
+        self.grad_clip = grad_clip
 
     def sample(self, s: Tensor, z: Tensor) -> Tensor:
         xi = torch.randn(*s.shape[:-1], self.noise_dim, device=s.device, dtype=s.dtype)
@@ -246,12 +340,12 @@ class BehaviourGaussian(nn.Module):
     (``H(a | s, z)``, the quantity in ``I(z; beta)``) rather than a Gaussian fit across states.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, z_dim: int, cfg: MetaRLConfig) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, z_dim: int, cfg: TaskLossConfig, grad_clip: float) -> None:
         super().__init__()
         self.updates = cfg.behaviour_updates
         self.net = mlp(obs_dim + z_dim, cfg.behaviour_mlp_dims, 2 * action_dim)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.behaviour_lr)
-        self.grad_clip = cfg.grad_clip
+        self.grad_clip = grad_clip
 
     def dist(self, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, log sigma)`` of the model at states ``s`` for representations ``z``."""
@@ -293,8 +387,10 @@ class TD3BC(TD3):
     seed (held-out returns at update 0 are those of "doing nothing", not of a random network).
     """
 
-    def __init__(self, in_dim: int, action_dim: int, cfg: TD3Config, bc_alpha: float) -> None:
-        super().__init__(in_dim, action_dim, cfg)
+    def __init__(
+        self, in_dim: int, action_dim: int, cfg: ActorCriticConfig, optim: OptimConfig, bc_alpha: float
+    ) -> None:
+        super().__init__(in_dim, action_dim, cfg, optim)
         self.bc_alpha = bc_alpha
         with torch.no_grad():  # the untrained policy is the zero action in every run: a fixed baseline
             for net in (self.actor, self.actor_target):
@@ -337,33 +433,34 @@ class MetaRLAgent:
         self.cfg = cfg
         self.device = torch.device(device)
         self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.z_dim = cfg.z_dim if cfg.uses_context else 0
+        self.num_tasks = int(num_tasks)
+        self.z_dim = cfg.context.z_dim if cfg.uses_context else 0
         modules: dict[str, nn.Module] = {"norm": Normalizer(obs_dim)}
         self.wm: ContextualWorldModel | None = None
         self.encoder: ContextEncoder | None = None
         self.behaviour: BehaviourGAN | BehaviourGaussian | None = None
         if cfg.representation == "world_model":
-            self.wm = ContextualWorldModel(obs_dim, action_dim, cfg, num_tasks=num_tasks)
+            self.wm = make_world_model(cfg.world_model, obs_dim, action_dim, context=cfg.context, num_tasks=num_tasks)
             self.encoder = self.wm.context_encoder
             modules["wm"] = self.wm
         elif cfg.representation == "context":
-            self.encoder = ContextEncoder(obs_dim, action_dim, cfg)
+            self.encoder = ContextEncoder(obs_dim, action_dim, cfg.context)
             modules["encoder"] = self.encoder
         if cfg.uses_entropy:
-            model_cls = BehaviourGAN if cfg.behaviour_model == "gan" else BehaviourGaussian
-            self.behaviour = model_cls(obs_dim, action_dim, self.z_dim, cfg)
+            model_cls = BehaviourGAN if cfg.task_loss.behaviour_model == "gan" else BehaviourGaussian
+            self.behaviour = model_cls(obs_dim, action_dim, self.z_dim, cfg.task_loss, cfg.optim.grad_clip)
             modules["behaviour"] = self.behaviour
-        self.td3 = TD3BC(obs_dim + self.z_dim, action_dim, cfg, cfg.bc_alpha)
+        self.td3 = TD3BC(obs_dim + self.z_dim, action_dim, cfg.actor_critic, cfg.optim, cfg.bc_alpha)
         modules["td3"] = self.td3
         self.nets = nn.ModuleDict(modules).to(self.device)
         self.norm: Normalizer = self.nets["norm"]
         self.rep_opt: torch.optim.Optimizer | None = None
         if self.wm is not None:
             params = [p for n, p in self.wm.named_parameters() if not n.startswith("target_encoder")]
-            self.rep_opt = torch.optim.AdamW(params, lr=cfg.wm_lr, weight_decay=cfg.wm_weight_decay)
+            self.rep_opt = torch.optim.AdamW(params, lr=cfg.optim.wm_lr, weight_decay=cfg.optim.wm_weight_decay)
         elif self.encoder is not None:
-            self.rep_opt = torch.optim.Adam(self.encoder.parameters(), lr=cfg.ctx_lr)
-        self.sample_horizon = cfg.horizon if cfg.representation == "world_model" else 1
+            self.rep_opt = torch.optim.Adam(self.encoder.parameters(), lr=cfg.optim.ctx_lr)
+        self.sample_horizon = self.wm.window_length if self.wm is not None else 1
         self.num_updates = 0
         self.episode = 0
         self.task_z = torch.zeros(self.z_dim, device=self.device)
@@ -398,7 +495,20 @@ class MetaRLAgent:
         """Condition :meth:`act` on ``z`` (``None``: the prior representation ``0``)."""
         self.task_z = torch.zeros(self.z_dim, device=self.device) if z is None else z.to(self.device).reshape(-1)
 
-    # -- acting ----------------------------------------------------------------------------------
+    # -- the Agent contract ----------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        """Windows per task slot (a grouped batch holds ``sampling.tasks_per_batch`` slots)."""
+        return self.cfg.optim.batch_size
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.nets.parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def diagnostics(self, obs: Tensor) -> dict[str, float]:
+        """The contextual world model's latent statistics on normalised ``obs [N, O]`` (none otherwise)."""
+        return {} if self.wm is None else self.wm.diagnostics(self.norm.obs(obs.to(self.device)))
+
     def begin_episode(self, episode: int) -> None:
         self.episode = episode
 
@@ -410,7 +520,7 @@ class MetaRLAgent:
         o = self.norm.obs(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
         a = self.td3.pi(torch.cat([o, self.task_z], -1)[None])
         if not eval_mode:
-            a = self.td3.add_exploration_noise(a, self.cfg.explore_std_end)
+            a = self.td3.add_exploration_noise(a, self.cfg.exploration.std(self.episode))
         return a[0].cpu().numpy()
 
     # -- learning --------------------------------------------------------------------------------
@@ -419,7 +529,7 @@ class MetaRLAgent:
         if "context" not in batch.keys():
             raise ValueError(
                 "meta_rl trains offline on grouped batches with contexts (training.offline.TaskSampler); "
-                "run it with dataset=<file or dir>"
+                "run it with experiment=offline_meta dataset=<file or dir>"
             )
         c = self.cfg
         batch = batch.to(self.device)
@@ -435,7 +545,7 @@ class MetaRLAgent:
         x = torch.cat([obs[:, :, 0].reshape(T * B, -1), z_seq], -1)
         x_next = torch.cat([obs[:, :, 1].reshape(T * B, -1), z_seq], -1)
         reward = batch["reward"][:, :, 0].reshape(T * B)
-        discount = c.gamma * (1.0 - batch["terminated"][:, :, 0].reshape(T * B))
+        discount = c.actor_critic.gamma * (1.0 - batch["terminated"][:, :, 0].reshape(T * B))
         metrics.update(self.td3.update(x, batch["action"][:, :, 0].reshape(T * B, -1), reward, discount, x_next))
         self.num_updates += 1
         return metrics
@@ -473,9 +583,9 @@ class MetaRLAgent:
             name = "world_model_loss"
         else:
             z = self.encode_context(batch["context"])  # [T, M, d]
-            focal = focal_loss(z.reshape(T * M, -1), batch["task_id"].repeat_interleave(M), c.focal_eps)
+            focal = focal_loss(z.reshape(T * M, -1), batch["task_id"].repeat_interleave(M), c.task_loss.focal_eps)
             metrics["focal_loss"] = focal.item()
-            loss = c.focal_coef * focal
+            loss = c.task_loss.focal_coef * focal
             name = "encoder_loss"
         if c.uses_entropy:
             assert self.behaviour is not None
@@ -486,18 +596,18 @@ class MetaRLAgent:
             frozen = self.behaviour.frozen_modules()
             for m in frozen:
                 m.requires_grad_(False)
-            entropy = self.behaviour.entropy(s, z, c.entropy_cov_eps)
+            entropy = self.behaviour.entropy(s, z, c.task_loss.entropy_cov_eps)
             for m in frozen:
                 m.requires_grad_(True)
-            loss = loss - c.entropy_coef * entropy.mean()
+            loss = loss - c.task_loss.entropy_coef * entropy.mean()
             metrics["behaviour_entropy"] = entropy.mean().item()
         assert self.rep_opt is not None
         params = [p for g in self.rep_opt.param_groups for p in g["params"]]
-        grad_norm = optimizer_step(name, loss, self.rep_opt, params, c.grad_clip)
+        grad_norm = optimizer_step(name, loss, self.rep_opt, params, c.optim.grad_clip)
         metrics[f"{name.removesuffix('_loss')}_grad_norm"] = grad_norm
         metrics[name] = loss.item()
         if self.wm is not None:
-            self.wm.update_target()
+            self.wm.after_update()
         z_out = z.detach()
         metrics.update(task_separation(z_out, batch["task_id"]))
         return z_out
@@ -545,10 +655,14 @@ __all__ = [
     "BEHAVIOUR_MODELS",
     "BehaviourGAN",
     "BehaviourGaussian",
+    "MetaOptimConfig",
     "MetaRLAgent",
     "MetaRLConfig",
     "Normalizer",
+    "SamplingConfig",
     "TD3BC",
+    "TaskLossConfig",
+    "check_paths",
     "focal_loss",
     "task_separation",
 ]

@@ -7,8 +7,7 @@ For each of ``B`` independent environments, given the latent ``z`` of the curren
    through the model: ``a_h = π(z_h)``, ``z_{h+1} = f(z_h, a_h)`` for ``h < H``. The planner calls
    ``model.policy`` on ``B·P`` rows (``z`` repeated), so a noisy prior can give every trajectory its
    own noise (draw it with shape ``[N, A]``, never ``[A]`` broadcast: the public DC-MPC code's shared
-   noise makes all 24 prior trajectories identical). ``repeat_prior=True`` reproduces that on purpose:
-   one rollout per environment, repeated ``P`` times in the pool.
+   noise makes all 24 prior trajectories identical).
 2. **Iterations** ``i = 1 … I``. Sample ``S = num_samples`` sequences
    ``a^{(j)} ~ N(μ, σ²)`` clamped to ``[-1, 1]``, append the ``P`` prior sequences and score each by
 
@@ -22,16 +21,9 @@ For each of ``B`` independent environments, given the latent ``z`` of the curren
        μ ← Σ_k s_k a^{(k)},    σ ← clamp( sqrt(Σ_k s_k (a^{(k)} − μ)²), min_std, max_std ).
 
    At the first iteration ``σ = max_std`` and ``μ`` is the previous plan's final mean shifted one
-   step forward with a zero last step (warm start), or zeros at the start of an episode. In
-   evaluation (``eval_mode=True``) ``eval_max_std``, when set, takes the place of ``max_std`` both as the
-   first iteration's σ and as the upper clamp of every refit: a narrower search around the warm start
-   and the prior trajectories, for acting greedily; ``eval_num_samples``, when set, takes the place of
-   ``num_samples``: fewer sampled sequences beside the same prior ones, so the search exploits the
-   model's errors less (more candidates scored by an imperfect model make its best score more often
-   an error).
+   step forward with a zero last step (warm start), or zeros at the start of an episode.
 3. **Action.** The final ``μ`` is stored for the next warm start. The returned action is the first
-   action of one elite drawn with probability ``s_k`` (``use_mean=False``, as in DC-MPC and TD-MPC2)
-   or ``μ_0`` (``use_mean=True``).
+   action of one elite drawn with probability ``s_k`` (as in DC-MPC and TD-MPC2).
 
 The planner adds no exploration noise; the agent does (DC-MPC: N(0, σ_t²) on a schedule;
 TD-MPC2: N(0, σ²) with the planner's final std, available as :attr:`MPPIPlanner.last_std`).
@@ -50,7 +42,7 @@ __all__ = ["MPPIConfig", "MPPIPlanner", "PlanningModel", "UncertaintyModel"]
 
 @dataclass
 class MPPIConfig:
-    """Hyperparameters of :class:`MPPIPlanner` (defaults: DC-MPC / TD-MPC2).
+    """Settings of :class:`MPPIPlanner` (``agent.planner``; defaults: DC-MPC / TD-MPC2).
 
     Attributes:
         horizon: planning horizon H (number of actions per sequence).
@@ -59,21 +51,10 @@ class MPPIConfig:
         num_elites: K, sequences kept per round; at most ``num_samples + num_pi_trajs`` since
             elites are picked among the sampled and the policy-prior sequences together.
         num_pi_trajs: policy-prior sequences per environment (0 disables the prior).
-        repeat_prior: roll the prior once per environment and put that one sequence in the pool
-            ``num_pi_trajs`` times (False: ``num_pi_trajs`` rollouts, each with its own noise). True is what
-            the public DC-MPC code does in effect (its fault 6: one noise vector broadcast over the 24
-            rollouts makes them identical), so a good prior sequence can fill ``num_pi_trajs`` elite slots
-            and weighs that much more in the refit and in the executed-action draw.
         min_std, max_std: clamp of the per-dimension sampling std; each ``plan`` starts at ``max_std``.
-        eval_max_std: ``max_std`` of evaluation plans (``eval_mode=True``); None = ``max_std``. Training
-            plans, and so the data collected, never see it.
-        eval_num_samples: ``num_samples`` of evaluation plans; None = ``num_samples``. Training plans never
-            see it. Needs ``num_elites <= eval_num_samples + num_pi_trajs``.
         temperature: τ in the elite scores exp(τ (J − max J)).
         discount: ρ in J. 0.9 is the DC-MPC code's value (its fault 5: ρ is used where the paper
             writes γ); TD-MPC2 discounts with the agent's γ instead. Must lie in (0, 1].
-        use_mean: executed action is the score-weighted mean μ_0 (True) or the first action of one
-            elite drawn ∝ score (False, DC-MPC and TD-MPC2 behaviour).
         uncertainty_coef: κ in J ← J + κ·U, U the discounted sum of ``model.uncertainty`` along the
             trajectory; positive = optimism bonus, negative = penalty, 0 = off (not called).
     """
@@ -83,14 +64,10 @@ class MPPIConfig:
     num_samples: int = 512
     num_elites: int = 64
     num_pi_trajs: int = 24
-    repeat_prior: bool = False
     min_std: float = 0.05
     max_std: float = 2.0
-    eval_max_std: float | None = None
-    eval_num_samples: int | None = None
     temperature: float = 0.5
     discount: float = 0.9
-    use_mean: bool = False
     uncertainty_coef: float = 0.0
 
     def __post_init__(self) -> None:
@@ -109,24 +86,11 @@ class MPPIConfig:
                 f"(= {self.num_samples} + {self.num_pi_trajs} = {pool}: elites are chosen among the sampled "
                 f"and policy-prior sequences together), got {self.num_elites}"
             )
-        if self.eval_num_samples is not None and not (
-            self.eval_num_samples >= 1 and self.num_elites <= self.eval_num_samples + self.num_pi_trajs
-        ):
-            raise ValueError(
-                f"MPPIConfig.eval_num_samples must be >= 1 with num_elites <= eval_num_samples + num_pi_trajs "
-                f"(or None), got eval_num_samples={self.eval_num_samples}, num_elites={self.num_elites}, "
-                f"num_pi_trajs={self.num_pi_trajs}"
-            )
         if not self.min_std > 0:
             raise ValueError(f"MPPIConfig.min_std must be > 0, got {self.min_std}")
         if not self.min_std <= self.max_std:
             raise ValueError(
                 f"MPPIConfig.max_std must be >= min_std, got min_std={self.min_std}, max_std={self.max_std}"
-            )
-        if self.eval_max_std is not None and not self.min_std <= self.eval_max_std:
-            raise ValueError(
-                f"MPPIConfig.eval_max_std must be >= min_std (or None), got min_std={self.min_std}, "
-                f"eval_max_std={self.eval_max_std}"
             )
         if not self.temperature > 0:
             raise ValueError(f"MPPIConfig.temperature must be > 0, got {self.temperature}")
@@ -247,7 +211,7 @@ class MPPIPlanner:
     def _prior_trajectories(self, z: Tensor, model: PlanningModel, dtype: torch.dtype) -> Tensor:
         """Roll the policy prior out of each env's latent: ``[B, P, H, A]``."""
         cfg = self.cfg
-        b, p = z.shape[0], (1 if cfg.repeat_prior else cfg.num_pi_trajs)
+        b, p = z.shape[0], cfg.num_pi_trajs
         zr = _repeat_rows(z, p)
         acts = []
         for h in range(cfg.horizon):
@@ -258,8 +222,7 @@ class MPPIPlanner:
             acts.append(a)
             if h < cfg.horizon - 1:
                 zr = model.next(zr, a)
-        rolled = torch.stack(acts, dim=1).view(b, p, cfg.horizon, self.action_dim)
-        return rolled.expand(b, cfg.num_pi_trajs, cfg.horizon, self.action_dim)
+        return torch.stack(acts, dim=1).view(b, p, cfg.horizon, self.action_dim)
 
     # ------------------------------------------------------------------ planning
     @torch.no_grad()
@@ -273,15 +236,14 @@ class MPPIPlanner:
     ) -> Tensor:
         """Plan for ``B`` environments from latents ``z [B, *latent]``; return actions ``[B, A]`` in
         ``[-1, 1]``. All sampling uses ``generator`` (which must live on ``z``'s device) when given.
-        ``eval_mode`` picks the warm-start slot (see the class docstring), ``eval_max_std`` and
-        ``eval_num_samples``."""
+        ``eval_mode`` picks the warm-start slot (see the class docstring)."""
         cfg = self.cfg
         if z.dim() < 1 or z.shape[0] < 1:
             raise ValueError(f"z must be batched as [B, *latent] with B >= 1, got shape {tuple(z.shape)}")
         if z.device.type != self.device.type:
             raise ValueError(f"z is on {z.device}, planner was built for {self.device}")
         dtype = z.dtype if z.is_floating_point() else torch.float32
-        s = cfg.eval_num_samples if eval_mode and cfg.eval_num_samples is not None else cfg.num_samples
+        s = cfg.num_samples
         b, p, k = z.shape[0], cfg.num_pi_trajs, cfg.num_elites
         h_, a_ = cfg.horizon, self.action_dim
         n_traj = p + s
@@ -289,7 +251,7 @@ class MPPIPlanner:
         prior = self._prior_trajectories(z, model, dtype) if p > 0 else None
         z_rows = _repeat_rows(z, n_traj)  # [B·(P+S), *latent], env-major
 
-        max_std = cfg.eval_max_std if eval_mode and cfg.eval_max_std is not None else cfg.max_std
+        max_std = cfg.max_std
         mean = self.warm_start_mean(b, eval_mode=eval_mode, dtype=dtype).to(z.device)
         std = torch.full_like(mean, max_std)
         actions = torch.empty(b, n_traj, h_, a_, device=z.device, dtype=dtype)
@@ -323,11 +285,8 @@ class MPPIPlanner:
 
         self._prev_mean[eval_mode] = mean.clone()
         self.last_std = std[:, 0].clone()
-        if cfg.use_mean:
-            action = mean[:, 0]
-        else:
-            pick = torch.multinomial(score, 1, generator=generator)  # [B, 1]
-            action = torch.gather(elite_actions[:, :, 0], 1, pick[:, :, None].expand(b, 1, a_)).squeeze(1)
+        pick = torch.multinomial(score, 1, generator=generator)  # [B, 1]
+        action = torch.gather(elite_actions[:, :, 0], 1, pick[:, :, None].expand(b, 1, a_)).squeeze(1)
         return action.clamp(-1.0, 1.0)
 
 

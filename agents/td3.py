@@ -9,49 +9,48 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.common import linear_schedule, optimizer_step
+from agents.common import OptimConfig, optimizer_step
+from common.config import check_fields, dims_ok
 from common.nn import EnsembleMLP, mlp, soft_update
 
 
 @dataclass
-class TD3Config:
-    """Actor-critic hyperparameters (iQRL / DC-MPC defaults)."""
+class ActorCriticConfig:
+    """TD3 actor and critic ensemble (``agent.actor_critic``; iQRL / DC-MPC defaults).
+
+    Attributes:
+        mlp_dims: hidden sizes of the actor and of every critic.
+        num_critics: E, critics in the ensemble.
+        q_sample_size: M, critics drawn at random for the target's min, the actor loss and the planner's value.
+        gamma: discount γ; tau: Polyak rate of the target networks.
+        policy_noise, noise_clip: target policy smoothing ``clip(N(0, policy_noise²), ±noise_clip)``.
+        actor_update_freq: critic steps per actor step.
+        nstep: n of the n-step TD target.
+    """
 
     mlp_dims: list[int] = field(default_factory=lambda: [512, 512])
     num_critics: int = 5
-    q_sample_size: int = 2  # critics drawn at random for the min in the target and the actor's mean
+    q_sample_size: int = 2
     gamma: float = 0.99
     tau: float = 0.005
-    lr: float = 3e-4
     policy_noise: float = 0.2
     noise_clip: float = 0.3
     actor_update_freq: int = 2
     nstep: int = 1
-    grad_clip: float = 20.0
-    explore_std_start: float = 1.0
-    explore_std_end: float = 0.1
-    explore_episodes: int = 50  # exploration std decays linearly over this many episodes
-    batch_size: int = 256
 
     def __post_init__(self) -> None:
         checks = {
-            "batch_size": self.batch_size >= 1,
             "num_critics": self.num_critics >= 1,
             "q_sample_size": 1 <= self.q_sample_size <= self.num_critics,
             "gamma": 0.0 < self.gamma <= 1.0,
             "tau": 0.0 < self.tau <= 1.0,
-            "lr": self.lr > 0,
             "actor_update_freq": self.actor_update_freq >= 1,
             "nstep": self.nstep >= 1,
             "policy_noise": self.policy_noise >= 0,
             "noise_clip": self.noise_clip >= 0,
-            "explore_episodes": self.explore_episodes >= 0,
-            "mlp_dims": len(self.mlp_dims) >= 1 and all(d >= 1 for d in self.mlp_dims),
+            "mlp_dims": len(self.mlp_dims) >= 1 and dims_ok(self.mlp_dims),
         }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            vals = {k: getattr(self, k) for k in bad}
-            raise ValueError(f"invalid hyperparameter(s) {vals} (q_sample_size must be in [1, num_critics])")
+        check_fields(self, checks, "actor-critic setting", "q_sample_size in [1, num_critics]; gamma, tau in (0, 1]")
 
 
 class TD3(nn.Module):
@@ -66,16 +65,17 @@ class TD3(nn.Module):
     updated every ``actor_update_freq`` critic steps. Targets track by Polyak averaging with ``tau``.
     """
 
-    def __init__(self, latent_dim: int, action_dim: int, cfg: TD3Config) -> None:
+    def __init__(self, latent_dim: int, action_dim: int, cfg: ActorCriticConfig, optim: OptimConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.grad_clip = optim.grad_clip
         self.action_dim = action_dim
         self.actor = mlp(latent_dim, cfg.mlp_dims, action_dim)
         self.critic = EnsembleMLP(cfg.num_critics, latent_dim + action_dim, cfg.mlp_dims, 1)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=optim.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=optim.lr)
         self.num_critic_updates = 0
 
     def pi(self, z: Tensor, target: bool = False) -> Tensor:
@@ -97,10 +97,6 @@ class TD3(nn.Module):
         """Min of ``q_sample_size`` randomly chosen critics ``[N]`` (TD target; pessimistic planning value)."""
         return self.q(z, a, target=target)[self._subset()].min(0).values
 
-    def explore_std(self, episode: int) -> float:
-        c = self.cfg
-        return linear_schedule(c.explore_std_start, c.explore_std_end, c.explore_episodes, episode)
-
     def add_exploration_noise(self, a: Tensor, std: float) -> Tensor:
         return (a + std * torch.randn_like(a)).clamp(-1.0, 1.0)
 
@@ -121,7 +117,7 @@ class TD3(nn.Module):
             "critic_loss": critic_loss.item(),
             "q_mean": q.mean().item(),
             "critic_grad_norm": optimizer_step(
-                "critic_loss", critic_loss, self.critic_opt, self.critic.parameters(), c.grad_clip
+                "critic_loss", critic_loss, self.critic_opt, self.critic.parameters(), self.grad_clip
             ),
         }
         self.num_critic_updates += 1
@@ -129,7 +125,7 @@ class TD3(nn.Module):
             self.critic.requires_grad_(False)
             actor_loss, actor_metrics = self.actor_loss(z, action)
             metrics["actor_grad_norm"] = optimizer_step(
-                "actor_loss", actor_loss, self.actor_opt, self.actor.parameters(), c.grad_clip
+                "actor_loss", actor_loss, self.actor_opt, self.actor.parameters(), self.grad_clip
             )
             self.critic.requires_grad_(True)
             metrics.update(actor_loss=actor_loss.item(), **actor_metrics)
@@ -155,21 +151,31 @@ class TD3(nn.Module):
 
 
 class LatentTD3Agent:
-    """Shared plumbing of agents that run TD3 on a world model's quantised latents (iQRL, DC-MPC).
+    """Shared plumbing of agents that run TD3 on a world model's latents (iQRL, DC-MPC).
 
-    Subclasses set ``self.wm`` (with ``encode`` and ``fsq``), ``self.td3``, ``self.nets`` (a
-    ModuleDict of everything with weights), ``self.wm_opt``, ``self.device`` and ``self.episode``.
+    Subclasses set ``self.cfg`` (with ``optim`` and ``exploration``), ``self.wm`` (a
+    :class:`world_models.WorldModel`), ``self.td3``, ``self.nets`` (a ModuleDict of everything with weights),
+    ``self.wm_opt``, ``self.device`` and ``self.episode``.
     """
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.optim.batch_size
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.nets.parameters() if p.requires_grad)
+
+    def explore_std(self) -> float:
+        """σ_t of the current training episode."""
+        return self.cfg.exploration.std(self.episode)
 
     def observe(self, reward: float) -> None:
         """No online context: rewards reach these agents through the replay buffer."""
 
     @torch.no_grad()
     def diagnostics(self, obs: Tensor) -> dict[str, float]:
-        """Collapse measures of the latents of a batch of observations (rank at three tolerances, code usage)."""
-        from world_models.diagnostics import collapse_metrics
-
-        return collapse_metrics(self.wm.encode(obs.to(self.device)), self.wm.fsq)
+        """The world model's representation statistics on a batch of observations."""
+        return self.wm.diagnostics(obs.to(self.device))
 
     def state_dict(self) -> dict:
         return {

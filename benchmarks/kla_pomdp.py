@@ -2,7 +2,7 @@
 
     python benchmarks/kla_pomdp.py --env dmc/cartpole-balance --steps 10000 --seeds 1
     python benchmarks/kla_pomdp.py --env dmc/pendulum-swingup --steps 20000 --seeds 1,2 --mask velocity
-    python benchmarks/kla_pomdp.py --world-models kla --observability pomdp -o agent.hparams.burn_in=8
+    python benchmarks/kla_pomdp.py --world-models kla --observability pomdp -o world_model.burn_in=8
 
 Settings: ``world_model`` in {dcwm, kla} x observability in {full, pomdp}; ``pomdp`` hides the DMC observation
 keys given by ``--mask`` (``env_settings.obs_mask``, e.g. ``[velocity]``: the agent sees positions only, so a

@@ -2,7 +2,7 @@
 
     python benchmarks/offline_meta.py --dataset data/cheetah_vel --seeds 1,2,3 --steps 20000
     python benchmarks/offline_meta.py --make-toy data/toy_reach --dataset data/toy_reach --steps 2000 --seeds 1,2
-    python benchmarks/offline_meta.py --dataset ... --variants b_context,c_ertrl -o agent.hparams.entropy_coef=5
+    python benchmarks/offline_meta.py --dataset ... --variants b_context,c_ertrl -o agent.task_loss.entropy_coef=5
 
 Variants (``agents.meta_rl.VARIANTS``): ``a_none`` (no task representation), ``b_context`` (context
 encoder, FOCAL only), ``c_ertrl`` (context encoder + entropy regulariser), ``d_world_model`` (contextual
@@ -13,11 +13,11 @@ of ``training/offline.py``), mean ± std over seeds, the per-group means (modera
 family has them), the success rate (Meta-World) and the wall time per run.
 
 ``--make-toy DIR`` first writes a small two-policy dataset (one file per task, see
-:func:`make_toy_dataset`) on ``--toy-tasks`` evenly spaced training tasks of ``--toy-family`` (default
-ml1_reach, whose hidden goal must be inferred from the rewards in the context): uniform random actions,
-and a fixed deterministic policy: for ml1_reach the hand-to-goal-box-centre controller
-(:func:`reach_centre_policy`, task-agnostic), otherwise a linear policy ``a = tanh(gain (W s + b))``
-with ``W, b`` drawn once from ``--toy-policy-seed``.
+:func:`envs.toy_datasets.make_toy_dataset`) on ``--toy-tasks`` evenly spaced training tasks of
+``--toy-family`` (default ml1_reach, whose hidden goal must be inferred from the rewards in the context):
+uniform random actions, and a fixed deterministic policy: for ml1_reach the hand-to-goal-box-centre
+controller (:func:`envs.toy_datasets.reach_centre_policy`, task-agnostic), otherwise a linear policy
+``a = tanh(gain (W s + b))`` with ``W, b`` drawn once from ``--toy-policy-seed``.
 """
 
 from __future__ import annotations
@@ -36,143 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import envs.task_families as task_families  # noqa: E402
 from agents.meta_rl import VARIANTS  # noqa: E402
-from envs.datasets import save_dataset  # noqa: E402
-from scripts import collect_dataset  # noqa: E402
+from envs.toy_datasets import make_toy_dataset  # noqa: E402
 from training.offline import run_offline  # noqa: E402
 from training.setup import compose_config  # noqa: E402
-
-LINEAR_POLICY_ID = 5
-CENTRE_POLICY_ID = 6
-"""``policy_ids`` of the toy datasets' deterministic policies (random is 0, as in collect_dataset)."""
-
-
-def linear_policy(obs_dim: int, action_dim: int, seed: int, gain: float = 1.0) -> Any:
-    """The fixed deterministic policy ``a = tanh(gain * (W s + b))``, ``W ~ N(0, 1)``, ``b ~ N(0, 0.25)``."""
-    cd = collect_dataset
-    rng = np.random.default_rng(seed)
-    W = rng.normal(0.0, 1.0, (action_dim, obs_dim))
-    b = rng.normal(0.0, 0.5, action_dim)
-    return cd.Policy(
-        "linear",
-        lambda obs: np.tanh(gain * (W @ np.asarray(obs, dtype=np.float64) + b)).astype(np.float32),
-        info={"description": f"deterministic a = tanh({gain} (W s + b)), W, b from seed {seed}", "seed": seed},
-    )
-
-
-def reach_centre_policy(gain: float = 10.0) -> Any:
-    """ml1_reach's fixed deterministic controller: hand to the centre of the goal box, whatever the goal.
-
-    ``a_xyz = tanh(gain * (c - hand_xyz))`` with ``c`` the centre of reach-v3's goal box and the hand
-    position ``obs[:3]``; gripper action 0. Linear in the observation before the tanh, like :func:`linear_policy`.
-    """
-    cd = collect_dataset
-    centre = (np.asarray(task_families.ML1_REACH_GOAL_LOW) + np.asarray(task_families.ML1_REACH_GOAL_HIGH)) / 2
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        a = np.zeros(4, dtype=np.float32)
-        a[:3] = np.tanh(gain * (centre - np.asarray(obs[:3], dtype=np.float64)))
-        return a
-
-    return cd.Policy(
-        "centre",
-        act,
-        info={"description": f"deterministic a_xyz = tanh({gain} (goal-box centre - hand)), gripper 0"},
-    )
-
-
-def make_toy_dataset(
-    out_dir: str | Path,
-    *,
-    family: str = "ml1_reach",
-    tasks: Sequence[str] | int = 4,
-    episodes_per_policy: int = 2,
-    deterministic_episodes: int | None = None,
-    deterministic: str = "auto",
-    max_episode_steps: int = 200,
-    seed: int = 0,
-    policy_seed: int = 0,
-    policy_gain: float = 1.0,
-) -> list[Path]:
-    """Collect a two-policy dataset (random + one fixed deterministic policy) with one file per task.
-
-    ``tasks`` are task ids of ``family``, or a number of evenly spaced train tasks. The deterministic
-    policy is ``"linear"`` (:func:`linear_policy` with ``policy_seed``, ``policy_gain``) or ``"centre"``
-    (:func:`reach_centre_policy`, ml1_reach only); ``"auto"`` picks ``centre`` for ml1_reach, else
-    ``linear``. ``episodes_per_policy`` episodes of each policy per task (``deterministic_episodes``
-    overrides the deterministic policy's count) of ``max_episode_steps`` env steps. Episode ``k`` of a
-    task resets with ``seed + k``; random actions come from ``collect_dataset.random_policy(seed, task
-    index)``. Returns the written files (``<family>_<split>-<i>.h5``, as ``collect_dataset --tasks`` writes).
-    """
-    cd = collect_dataset
-    fam = task_families.get_family(family)
-    if isinstance(tasks, int):
-        train = fam.train_tasks()
-        tasks = [train[i] for i in np.unique(np.round(np.linspace(0, len(train) - 1, tasks)).astype(int))]
-    written = []
-    for task_id in tasks:
-        task = fam.task(task_id)
-        env = fam.make(task.task_id, seed=seed, max_episode_steps=max_episode_steps)
-        try:
-            obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-            n_det = episodes_per_policy if deterministic_episodes is None else deterministic_episodes
-            kind = ("centre" if fam.name == "ml1_reach" else "linear") if deterministic == "auto" else deterministic
-            if kind == "centre":
-                if fam.name != "ml1_reach":
-                    raise ValueError("the 'centre' policy is for ml1_reach only")
-                det = (CENTRE_POLICY_ID, reach_centre_policy(), n_det)
-            elif kind == "linear":
-                det = (LINEAR_POLICY_ID, linear_policy(obs_dim, action_dim, policy_seed, policy_gain), n_det)
-            else:
-                raise ValueError(f"deterministic policy must be auto, linear or centre, got {deterministic!r}")
-            policies = [
-                (cd.POLICY_IDS["random"], cd.random_policy(action_dim, seed, task.global_index), episodes_per_policy),
-                det,
-            ]
-            total = sum(n for _, _, n in policies)
-            out = cd.Collected()
-            described, episode = [], 0
-            for pid, policy, count in policies:
-                for _ in range(count):
-                    arrays, ret = cd.rollout_episode(env, policy, seed=seed + episode)
-                    n = len(arrays["rewards"])
-                    for k, v in arrays.items():
-                        out.add(k, v)
-                    out.add("policy_ids", np.full(n, pid, dtype=np.int16))
-                    out.add("task_ids", np.full(n, task.global_index, dtype=np.int64))
-                    out.add("task_params", np.repeat(task.param_vector()[None], n, axis=0))
-                    out.returns.setdefault(policy.name, []).append(ret)
-                    episode += 1
-                described.append(
-                    {"id": pid, "name": policy.name, "episodes": count, "fraction": count / total, **policy.info}
-                )
-            attrs = {
-                "env_id": task.task_id,
-                "collection_policy": {
-                    "source": "rollout",
-                    "mix": {p["name"]: p["fraction"] for p in described},
-                    "policies": described,
-                },
-                "created_by": "benchmarks/offline_meta.py",
-                "action_repeat": int(env.action_repeat),
-                "max_episode_steps": int(env.max_episode_steps),
-                "seed": int(seed),
-                "family": fam.name,
-                "task_param_names": list(task.param_names),
-            }
-            path = Path(out_dir) / f"{fam.name}_{task.split}-{task.index:02d}.h5"
-            written.append(save_dataset(path, out.arrays(), attrs))
-        finally:
-            env.close()
-    return written
 
 
 def run_variant(dataset: str, variant: str, seed: int, overrides: Sequence[str], out: Path) -> dict[str, Any]:
     """One offline run of ``variant`` (a key of ``agents.meta_rl.VARIANTS``); returns its final eval + time."""
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}; valid: {sorted(VARIANTS)}")
-    var = [f"agent.hparams.{k}={v}" for k, v in VARIANTS[variant].items()]
+    var = [f"agent.{k}={v}" for k, v in VARIANTS[variant].items()]
     args = [
         "experiment=offline_meta",
         f"dataset={dataset}",

@@ -2,10 +2,10 @@
 
     python benchmarks/offline_to_online.py --base runs/walker_param/offline_meta_rl_context/s1_... --steps 20000
     python benchmarks/offline_to_online.py --make-base runs/bench_o2o/base --steps 4000 --seeds 1,2
-    python benchmarks/offline_to_online.py --base ... --env changing/walker_mass-test -o agent.hparams.context_size=20
+    python benchmarks/offline_to_online.py --base ... --env changing/walker_mass-test -o agent.context.context_size=20
 
-Every run is ``python train.py experiment=offline_to_online agent.hparams.base_checkpoint=<base>
-agent.hparams.mode=<mode>`` (``train.run`` in this process, one after the other): the shared online trainer in
+Every run is ``python train.py experiment=offline_to_online agent.base_checkpoint=<base>
+agent.mode=<mode>`` (``train.run`` in this process, one after the other): the shared online trainer in
 an env whose dynamics are re-drawn at every reset (``--env``, default ``changing/walker_param``). The offline
 policy itself is evaluated at env step 0 on the same evaluation episodes as every later evaluation (the trainer's
 fixed evaluation seeds, hence the same tasks and initial states); both modes start from it exactly (the residual
@@ -13,7 +13,7 @@ starts as a no-op). Writes ``<out>/curves.csv`` (mode, seed, env_step, return_me
 evaluation return per env step, mean ± std over seeds, for each mode.
 
 ``--make-base DIR`` first trains a small offline meta-RL policy into DIR (``experiment=offline_meta`` on a
-two-policy toy dataset of ``--base-family`` collected with :func:`benchmarks.offline_meta.make_toy_dataset`).
+two-policy toy dataset of ``--base-family`` collected with :func:`envs.toy_datasets.make_toy_dataset`).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
-from benchmarks.offline_meta import make_toy_dataset  # noqa: E402
+from envs.toy_datasets import make_toy_dataset  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
 from training.offline import run_offline  # noqa: E402
+from training.seeds import EVAL_ENV_SEED_OFFSET, EVAL_EPISODE_SEED_OFFSET  # noqa: E402
 from training.setup import build_agent, build_env, compose_config, setup_process  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
 
 
 def make_base(out: Path, family: str, tasks: int, updates: int, threads: int, overrides: Sequence[str]) -> Path:
@@ -51,7 +51,7 @@ def make_base(out: Path, family: str, tasks: int, updates: int, threads: int, ov
         "experiment=offline_meta",
         f"dataset={out / 'data'}",
         f"run_dir={run_dir}",
-        "agent.hparams.entropy_coef=0",
+        "agent.task_loss.entropy_coef=0",
         f"offline.steps={updates}",
         f"offline.eval_every={updates}",
         f"offline.checkpoint_every={updates}",
@@ -69,14 +69,14 @@ def make_base(out: Path, family: str, tasks: int, updates: int, threads: int, ov
 def initial_eval(cfg: Any) -> dict[str, float]:
     """The untouched offline policy (the agent before any update) on the trainer's evaluation episodes."""
     device = setup_process(cfg)
-    env = build_env(cfg, seed_offset=10_000)  # what train.py builds as the eval env
+    env = build_env(cfg, seed_offset=EVAL_ENV_SEED_OFFSET)  # what the online loop builds as its eval env
     try:
         agent = build_agent(cfg, env, device)
         return evaluate(
             agent,
             env,
             episodes=int(cfg.trainer.eval_episodes),
-            seed=int(cfg.seed) + Trainer.EVAL_SEED_OFFSET,
+            seed=int(cfg.seed) + EVAL_EPISODE_SEED_OFFSET,
             episode_index=0,
             step=0,
         )
@@ -90,8 +90,8 @@ def run_mode(base: str, mode: str, seed: int, overrides: Sequence[str], out: Pat
     cfg = compose_config(
         [
             "experiment=offline_to_online",
-            f"agent.hparams.base_checkpoint={base}",
-            f"agent.hparams.mode={mode}",
+            f"agent.base_checkpoint={base}",
+            f"agent.mode={mode}",
             f"seed={seed}",
             f"run_dir={run_dir}",
             "trainer.progress_bar=false",

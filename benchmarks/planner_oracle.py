@@ -16,6 +16,7 @@ fail with both, through the critic (or the prior). J_real costs ``H · action_re
 candidate (≈ 2 min per reacher episode on one core), so run a few episodes.
 
     python benchmarks/planner_oracle.py --checkpoint <run>/checkpoints/step_000000100000 --episodes 0 1 2
+    python benchmarks/planner_oracle.py --checkpoint <run> --episodes 0 --agent planner.num_samples=256
 """
 
 from __future__ import annotations
@@ -23,47 +24,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 
-import gymnasium as gym
 import numpy as np
-import torch
 from omegaconf import OmegaConf
-from torch import Tensor
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.dcmpc import DCMPCAgent, DCMPCPlanningModel  # noqa: E402
+from experiments.planner_oracle import real_value_estimator  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
 from training.setup import agent_from_checkpoint  # noqa: E402
-
-
-def real_value_estimator(agent: DCMPCAgent, env: gym.Env) -> Callable[[Tensor, Tensor, DCMPCPlanningModel], Tensor]:
-    """A drop-in for ``MPPIPlanner.estimate_value`` that scores ``actions [N, H, A]`` in ``env``'s simulator
-    from its current state (restored after each sequence) and ends with ``model.value`` at the real code."""
-    dmc = env.unwrapped
-    physics, repeat = dmc.dm_env.physics, int(env.config.action_repeat)
-    cfg = agent.planner.cfg
-
-    def estimate(z: Tensor, actions: Tensor, model: DCMPCPlanningModel) -> Tensor:
-        state = physics.get_state().copy()
-        acts = actions.detach().cpu().double().numpy()
-        returns, last_obs = np.zeros(len(acts)), []
-        for i, seq in enumerate(acts):
-            weight = 1.0
-            for h in range(cfg.horizon):
-                for _ in range(repeat):
-                    ts = dmc.dm_env.step(seq[h])
-                    returns[i] += weight * float(ts.reward or 0.0)
-                weight *= cfg.discount
-            last_obs.append(dmc.flat_observation(ts.observation))
-            physics.set_state(state)
-            physics.forward()
-        z_h = agent.wm.encode(torch.as_tensor(np.stack(last_obs), device=z.device))
-        return torch.as_tensor(returns, dtype=z.dtype, device=z.device) + weight * model.value(z_h)
-
-    return estimate
 
 
 def main() -> None:
@@ -72,24 +42,37 @@ def main() -> None:
     p.add_argument("--episodes", type=int, nargs="+", default=[0, 1, 2], help="episode indices (seed + i)")
     p.add_argument("--seed", type=int, default=424242, help="eval.py's default")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--hparams", nargs="*", default=[], help="agent hyperparameters for this run, key=value")
+    p.add_argument(
+        "--agent",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="agent settings changed for this run only, as eval.py's +agent.<key>=<value>: e.g. "
+        "planner.num_samples=256 plan_mode=policy (the weights stay; shape-changing settings are refused)",
+    )
     args = p.parse_args()
 
-    bad = [kv for kv in args.hparams if "=" not in kv]
+    bad = [kv for kv in args.agent if "=" not in kv]
     if bad:
-        raise SystemExit(f"--hparams takes key=value pairs, got {bad}")
+        raise SystemExit(f"--agent takes key=value pairs, got {bad}")
     try:
-        hparams = OmegaConf.from_dotlist(args.hparams)
+        settings = OmegaConf.from_dotlist(args.agent)
     except Exception as e:  # noqa: BLE001 - OmegaConf's parse errors have several types
-        raise SystemExit(f"--hparams takes key=value pairs: {e}") from e
-    restored = agent_from_checkpoint(args.checkpoint, device="cpu", threads=args.threads, hparams=hparams)
+        raise SystemExit(f"--agent takes key=value pairs: {e}") from e
+    try:
+        restored = agent_from_checkpoint(args.checkpoint, device="cpu", threads=args.threads, agent=settings)
+    except ValueError as e:  # a bad setting (ConfigError) or checkpoint (CheckpointError) names itself
+        raise SystemExit(f"error: {e}") from e
     cfg, ckpt, env, agent = restored.cfg, restored.ckpt, restored.env, restored.agent
     if cfg.agent.name != "dcmpc" or not str(cfg.env).startswith("dmc/"):
         env.close()
         raise SystemExit(f"{ckpt.path}: needs a DC-MPC checkpoint of a dmc/ task, got {cfg.agent.name} on {cfg.env}")
-    if cfg.agent.hparams.get("world_model", "dcwm") != "dcwm":
+    if cfg.world_model.name != "dcwm":
         env.close()
-        raise SystemExit(f"{ckpt.path}: needs world_model=dcwm (a KLA belief is filtered, not encoded from one obs)")
+        raise SystemExit(
+            f"{ckpt.path}: needs world_model=dcwm, got {cfg.world_model.name} "
+            "(a KLA belief is filtered, not encoded from one obs)"
+        )
     model_estimate = agent.planner.estimate_value
     oracle = real_value_estimator(agent, env)
 

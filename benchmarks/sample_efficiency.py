@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training.checkpoint import atomic_write_bytes  # noqa: E402
+from common.files import atomic_write_bytes  # noqa: E402
 
 WALL_SAVE_INTERVAL_S = 60.0
 

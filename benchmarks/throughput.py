@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                        # iqrl + dcmpc on dmc/walker-walk, size auto
     python benchmarks/throughput.py --agents iqrl --size paper --updates 20
+    python benchmarks/throughput.py --agents dcmpc --override world_model=kla agent.planner.iterations=3
 
 Every figure comes from this one run on this machine; compare rows, not runs. Updates use the
 real replay buffer filled with real environment transitions (random actions).
@@ -36,7 +37,7 @@ def measure(agent_name: str, args: argparse.Namespace) -> dict:
     env = build_env(cfg)
     agent = build_agent(cfg, env, device)
     buffer = build_buffer(cfg, env, ROOT / "bench_out")
-    params = sum(p.numel() for p in agent.nets.parameters())
+    params = agent.num_params()
 
     # Env steps/s with random actions (the seed-phase rate), filling the buffer on the way.
     obs, _ = env.reset(seed=0)
@@ -61,7 +62,7 @@ def measure(agent_name: str, args: argparse.Namespace) -> dict:
     act_ms = (time.perf_counter() - t0) / args.acts * 1e3
 
     # Updates/s on real batches.
-    bs, H = agent.cfg.batch_size, agent.sample_horizon
+    bs, H = agent.batch_size, agent.sample_horizon
     for _ in range(2):
         agent.update(buffer.sample(bs, H))
     if device.type == "cuda":
@@ -105,7 +106,9 @@ def main() -> None:
     p.add_argument("--env-decisions", type=int, default=2000)
     p.add_argument("--acts", type=int, default=50)
     p.add_argument("--updates", type=int, default=50)
-    p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides, e.g. agent.hparams.x=1")
+    p.add_argument(
+        "--override", nargs="*", default=[], help="extra Hydra overrides, e.g. agent.planner.num_samples=256"
+    )
     args = p.parse_args()
     rows = [measure(a, args) for a in args.agents]
     cols = list(rows[0].keys())

@@ -21,14 +21,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # gymnasium's classic-control renderers use pygame/SDL: draw off-screen, never open a window.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-from envs.registry import (  # noqa: E402  (MUJOCO_GL must be set before anything imports mujoco)
+# MUJOCO_GL must be set before anything imports mujoco, hence the imports below the setdefault calls.
+from envs.names import name_key  # noqa: E402
+from envs.registry import (  # noqa: E402
     BUILTIN_SUITES,
     SUITE_DEFAULTS,
     EnvConfig,
     canonical_env_name,
     list_envs,
     make_env,
-    name_key,
     register_env,
     resolve_defaults,
     unregister_env,

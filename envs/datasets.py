@@ -54,7 +54,6 @@ and renames it into place, so a reader sees the old file or the new one, never h
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +61,8 @@ from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
+
+from common.files import atomic_replace
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
@@ -378,14 +379,6 @@ def _plain_attr(name: str, value: Any, source: str) -> str | int | float | bool:
     return value
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_dataset(
     path: str | Path,
     data: Mapping[str, Any],
@@ -418,20 +411,11 @@ def save_dataset(
     validate(arrays, plain, source=source)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, x in arrays.items():
-                f.create_dataset(name, data=x, compression=compression if x.size else None)
-            for name, v in plain.items():
-                f.attrs[name] = v
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_replace(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, x in arrays.items():
+            f.create_dataset(name, data=x, compression=compression if x.size else None)
+        for name, v in plain.items():
+            f.attrs[name] = v
     return path
 
 

@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.registry import name_key
+from envs.names import name_key
 from envs.rendering import close_at_exit, forget_at_exit
 
 DOMAIN_ALIASES: dict[str, str] = {"cup": "ball_in_cup", "pointmass": "point_mass"}

@@ -252,11 +252,6 @@ def _bad_prefix(name: str) -> ValueError:
     )
 
 
-def name_key(name: str) -> str:
-    """Spelling-insensitive form of a name for matching: surrounding space, case and ``-``/``_`` ignored."""
-    return name.strip().lower().replace("-", "_")
-
-
 def canonical_env_name(name: str) -> str:
     """The name :func:`make_env` reports as ``spec_name`` for ``name``, without building the env.
 

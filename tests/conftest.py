@@ -18,12 +18,12 @@ TINY = [
     "env=gym/Pendulum-v1",
     "agent=iqrl",
     "agent.size=small",
-    "agent.hparams.latent_groups=8",
-    "agent.hparams.mlp_dims=[32,32]",
-    "agent.hparams.dyn_mlp_dims=[32,32]",
-    "agent.hparams.batch_size=16",
-    "agent.hparams.enc_mlp_dims=[32]",
-    "agent.hparams.num_critics=2",
+    "world_model.latent_groups=8",
+    "world_model.dyn_mlp_dims=[32,32]",
+    "world_model.enc_mlp_dims=[32]",
+    "agent.actor_critic.mlp_dims=[32,32]",
+    "agent.actor_critic.num_critics=2",
+    "agent.optim.batch_size=16",
     "trainer.steps=1200",
     "trainer.seed_steps=400",
     "trainer.utd_ratio=0.5",
@@ -112,14 +112,14 @@ def train_vs_random(overrides: list[str], run_dir: Path, label: str):
     policy on the same env with the trainer's eval seeds. Returns ``(cfg, trained return, random return)``."""
     import train as train_script
     from training.evaluation import evaluate
+    from training.seeds import EVAL_EPISODE_SEED_OFFSET
     from training.setup import build_env
-    from training.trainer import Trainer
 
     cfg = compose_config([*LEARNING_RUN, *overrides, f"run_dir={run_dir}"])
     final = train_script.run(cfg)
     env = build_env(cfg)
     action_dim = env.action_space.shape[0]
-    eval_seed = int(cfg.seed) + Trainer.EVAL_SEED_OFFSET
+    eval_seed = int(cfg.seed) + EVAL_EPISODE_SEED_OFFSET
     random_ret = evaluate(UniformPolicy(action_dim), env, episodes=5, seed=eval_seed, episode_index=0, step=0)
     env.close()
     print(f"{label} {final['return_mean']:.1f} vs random {random_ret['return_mean']:.1f}")

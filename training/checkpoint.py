@@ -23,13 +23,17 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-FORMAT_VERSION = 1
+from common.files import atomic_write_bytes, fsync_dir, write_bytes_durable
+
+# 2: composed configs (agent.<part>.<key>, a top-level world_model section) and self-contained checkpoints.
+# Format 1 (agent.hparams.<key>) is refused: its saved config no longer composes into an agent.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 LATEST = "latest"
 
@@ -45,30 +49,6 @@ class Checkpoint:
     state: dict
     buffer: dict | None
     config_yaml: str
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_file(tmp, data)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _serialise(obj: object) -> bytes:
@@ -99,14 +79,14 @@ def save_checkpoint(
         files["buffer.pt"] = _serialise(buffer)
     manifest = {"format": FORMAT_VERSION, "step": int(step), "files": {}}
     for fname, data in files.items():
-        _write_file(tmp / fname, data)
+        write_bytes_durable(tmp / fname, data)
         manifest["files"][fname] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-    _fsync_dir(tmp)
+    write_bytes_durable(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    fsync_dir(tmp)
     if final.exists():  # same step saved twice (e.g. final == periodic): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_bytes(root / LATEST, name.encode())
     _prune(root, keep)
     return final
@@ -118,13 +98,24 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_if_finite(weights: dict, save: Callable[[], Path], run_dir: Path) -> str:
-    """After a refused non-finite loss: checkpoint with ``save()`` if every float tensor in ``weights`` is
-    still finite (the guarded optimiser step refuses a bad loss before touching them), and say where the
-    last good state is, for the error message."""
-    finite = all(
-        torch.isfinite(t).all() for t in weights.values() if isinstance(t, torch.Tensor) and t.is_floating_point()
-    )
+def _float_tensors(obj: object) -> Iterator[torch.Tensor]:
+    """Every floating-point tensor in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _float_tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _float_tensors(v)
+
+
+def save_if_finite(state: dict, save: Callable[[], Path], run_dir: Path) -> str:
+    """After a refused non-finite loss: checkpoint with ``save()`` if every float tensor in ``state`` (an agent's
+    state dict: weights, optimiser moments, at any depth) is still finite (the guarded optimiser step refuses a bad
+    loss before touching them), and say where the last good state is, for the error message."""
+    finite = all(bool(torch.isfinite(t).all()) for t in _float_tensors(state))
     if not finite:
         return f"Weights are not finite; resume from the last checkpoint in {run_dir / 'checkpoints'}"
     return f"Last good state saved to {save()}"
@@ -178,7 +169,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{mpath}: malformed manifest ({e})") from e
     if fmt != FORMAT_VERSION:
-        raise CheckpointError(f"{mpath}: checkpoint format {fmt}, this version reads {FORMAT_VERSION}")
+        older = (
+            " (written before the config redesign, with agent.hparams.<key> settings; retrain, or read it with "
+            "a checkout of commit 3e8f338 or earlier)"
+            if isinstance(fmt, int) and fmt < FORMAT_VERSION
+            else ""
+        )
+        raise CheckpointError(f"{mpath}: checkpoint format {fmt}, this version reads {FORMAT_VERSION}{older}")
     for required in ("state.pt", "config.yaml"):
         if required not in files:
             raise CheckpointError(f"{mpath}: manifest lists no {required}")

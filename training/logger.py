@@ -10,6 +10,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from common.files import atomic_replace
+
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -37,12 +39,10 @@ class CSVLog:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_replace(self.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields)
             w.writeheader()
             w.writerows(self.rows)
-        os.replace(tmp, self.path)
 
     def append(self, row: dict) -> None:
         new = [k for k in row if k not in self.fields]
@@ -151,10 +151,11 @@ class Logger:
             axes[1].set_ylabel("eval success rate")
             axes[1].grid(alpha=0.3)
         fig.tight_layout()
-        tmp = path.with_name(".learning_curve.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            with atomic_replace(path) as tmp:  # keeps the .png suffix: savefig picks the format from it
+                fig.savefig(tmp, dpi=100)
+        finally:
+            plt.close(fig)
         return path
 
     def close(self) -> None:

@@ -1,24 +1,30 @@
-"""Offline meta-RL training: learn from datasets on disk, evaluate on held-out tasks with online context.
+"""The offline part of the training loop (``trainer.loop=offline``): offline meta-RL from datasets on disk,
+evaluated on held-out tasks with online context.
 
-``python train.py experiment=offline_meta dataset=data/cheetah_vel`` (a file or a directory of files,
-see :mod:`envs.datasets`) dispatches here from ``train.py``. The only environment interaction is
-evaluation. Resume with ``python train.py experiment=offline_meta dataset=<same path> resume=<run_dir>``
-(optionally ``offline.steps=N`` to extend the run); the saved config is used, other overrides are ignored.
+``python train.py experiment=offline_meta dataset=data/cheetah_vel`` (a file or a directory of files, see
+:mod:`envs.datasets`; the preset sets ``trainer.loop=offline``) runs :class:`OfflineTrainer` through
+:func:`training.loop.run_training`. The only environment interaction is evaluation. Resume with
+``python train.py experiment=offline_meta resume=<run_dir>`` (optionally ``offline.steps=N`` to extend the run; a
+plain ``python train.py resume=<run_dir>`` continues it too); the saved config is used (the data is read again from
+its ``dataset`` path), other overrides are ignored. ``python eval.py
+checkpoint=<run_dir>`` evaluates a run's agent on its held-out tasks with the same protocol
+(:func:`restore_offline_run`, :func:`evaluate_meta`), without the dataset.
 
 Training data
     Every task of the dataset that belongs to the family's **train** split (``dataset.attrs["family"]``)
     is used; rows of test-split tasks are dropped (they are never trained on) and the run says so.
-    :class:`TaskSampler` draws *grouped* batches: ``T = tasks_per_batch`` task slots (distinct tasks
-    while there are enough), each with ``B = batch_size`` windows of ``H + 1`` observations inside one
-    episode and ``M = contexts_per_task`` context sets of ``K = context_size`` random transitions of the
-    same task. With ``context_source=behaviour`` a slot is one (task, behaviour policy) group of the data,
+    :class:`TaskSampler` draws *grouped* batches: ``T = sampling.tasks_per_batch`` task slots (distinct tasks
+    while there are enough), each with ``B = optim.batch_size`` windows of ``H + 1`` observations inside one
+    episode and ``M = sampling.contexts_per_task`` context sets of ``K = sampling.context_size`` random transitions
+    of the same task. With ``context_source=behaviour`` a slot is one (task, behaviour policy) group of the data,
     drawn in proportion to its size, so windows and contexts come from one policy (as an agent's own
     context does online); with ``task`` they come from all of the task's data (ER-TRL's sampling).
 
 Evaluation protocol (online context, held-out tasks)
     For every evaluated task (``offline.eval_tasks``: the family's ``test`` split by default, optionally
-    an evenly spaced subset of ``eval_max_tasks``) and every episode ``i`` (reset seed
-    ``seed + EVAL_SEED_OFFSET + i``):
+    an evenly spaced subset of ``eval_max_tasks``; task ``i``'s env is built with seed
+    ``seed + EVAL_ENV_SEED_OFFSET + i``) and every episode ``i`` (reset seed ``seed + EVAL_EPISODE_SEED_OFFSET + i``,
+    :mod:`training.seeds`):
 
     1. the agent starts with the prior representation ``z = 0`` (the encoding of an empty context);
     2. the first ``k = offline.context_steps`` decisions are taken with that ``z``; their transitions
@@ -32,39 +38,46 @@ Evaluation protocol (online context, held-out tasks)
     ``success_rate`` where the env reports it. The step of every log row is the number of gradient updates.
 
 Checkpoints (``training.checkpoint``, atomic) hold the agent, the sampler's generator, counters and RNG
-states; no buffer (the data is on disk). A non-finite loss stops the run (``agents.common.optimizer_step``
-refuses it before the weights change), saves the last good state and raises ``TrainingStopped``.
+states; no buffer (the data is on disk). The saved config records the env settings resolved from the data
+(action repeat, episode length), so evaluation needs no dataset. A non-finite loss stops the run
+(``agents.common.optimizer_step`` refuses it before the weights change), saves the last good state and raises
+``TrainingStopped``.
 """
 
 from __future__ import annotations
 
-import math
-import sys
+import re
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
-from tqdm import tqdm
+from torch import Tensor
 
 import envs.task_families as task_families
-from agents.common import NonFiniteLossError
-from agents.meta_rl import MetaRLAgent, MetaRLConfig
+from agents import make_agent
+from agents.common import Agent
 from common.config import build_config, check_fields
-from common.seeding import rng_state, set_rng_state
 from envs.datasets import Dataset, load_dataset, load_dataset_dir
-from training.checkpoint import save_checkpoint, save_if_finite
-from training.logger import Logger
-from training.setup import agent_hparams, build_logger, resolve_size, resume_config, setup_process, wandb_id
-from training.trainer import TrainingStopped
+from training.checkpoint import Checkpoint, CheckpointError
+from training.loop import TrainingLoop, TrainingStopped, loop_name, run_training
+from training.seeds import EVAL_ENV_SEED_OFFSET, EVAL_EPISODE_SEED_OFFSET, RESTORED_ENV_SEED_OFFSET
+from training.setup import agent_settings, resolve_size, setup_process
+from training.video import save_video
 
-EVAL_SEED_OFFSET = 1_000_003
+
+class ContextAgent(Agent, Protocol):
+    """An :class:`agents.common.Agent` with a task representation inferred from context (:class:`MetaRLAgent`)."""
+
+    def infer_task(self, context: Mapping[str, np.ndarray]) -> Tensor: ...
+
+    def set_task(self, z: Tensor | None) -> None: ...
 
 
 @dataclass
@@ -283,7 +296,7 @@ def select_eval_tasks(family: task_families.TaskFamily, split: str, max_tasks: i
 
 
 def evaluate_meta(
-    agent: MetaRLAgent,
+    agent: ContextAgent,
     envs: dict[str, Any],
     *,
     episodes: int,
@@ -292,23 +305,32 @@ def evaluate_meta(
     seed: int,
     step: int = 0,
     groups: dict[str, str] | None = None,
+    video_paths: Mapping[str, str | Path] | None = None,
+    video_fps: int = 30,
 ) -> dict[str, Any]:
     """Online-context evaluation on each task of ``envs`` (protocol in the module docstring).
 
     Returns ``return_mean`` / ``return_std`` (over tasks of the per-task mean), ``return_<group>`` for the
-    tasks' groups, ``episode_length``, ``success_rate`` where reported, and ``per_task`` returns.
-    Randomness is drawn from a forked RNG seeded with ``seed``; the training stream is untouched.
+    tasks' groups, ``episode_length``, ``success_rate`` where reported, and per task (dicts keyed by task id):
+    ``per_task`` mean returns, ``per_task_length`` mean episode lengths, ``per_task_success`` success rates (tasks
+    whose env reports success). Episode ``i`` resets with ``seed + i``. Randomness is drawn from a forked RNG seeded
+    with ``seed``; the training stream is untouched. ``video_paths`` maps task ids to mp4 files: the first episode
+    of those tasks is rendered and written there (rendering changes nothing else).
     """
     per_task: dict[str, list[float]] = {}
+    per_task_length: dict[str, float] = {}
+    per_task_success: dict[str, float] = {}
     successes: list[float] = []
     lengths: list[int] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for task_id, env in envs.items():
-            rets = []
+            rets, task_lengths, task_successes = [], [], []
             for i in range(episodes):
                 agent.set_task(None)
                 obs, _ = env.reset(seed=seed + i)
+                video = video_paths.get(task_id) if (video_paths is not None and i == 0) else None
+                frames = [env.render()] if video is not None else None
                 ctx: dict[str, list[np.ndarray]] = {"obs": [], "action": [], "reward": [], "next_obs": []}
                 ep_ret, success, t, done, reports = 0.0, 0.0, 0, False, False
                 while not done:
@@ -331,11 +353,20 @@ def evaluate_meta(
                     obs = next_obs
                     done = bool(terminated or truncated)
                     t += 1
+                    if frames is not None:
+                        frames.append(env.render())
+                if frames is not None:
+                    save_video(frames, video, fps=video_fps)
                 rets.append(ep_ret)
                 lengths.append(t)
+                task_lengths.append(t)
                 if reports:
                     successes.append(success)
+                    task_successes.append(success)
             per_task[task_id] = rets
+            per_task_length[task_id] = float(np.mean(task_lengths))
+            if task_successes:
+                per_task_success[task_id] = float(np.mean(task_successes))
     agent.set_task(None)
     means = np.array([np.mean(r) for r in per_task.values()])
     out: dict[str, Any] = {
@@ -352,152 +383,211 @@ def evaluate_meta(
     if successes:
         out["success_rate"] = float(np.mean(successes))
     out["per_task"] = {k: float(np.mean(v)) for k, v in per_task.items()}
+    out["per_task_length"] = per_task_length
+    out["per_task_success"] = per_task_success
     return out
+
+
+def make_task_envs(
+    family: task_families.TaskFamily, task_ids: Sequence[str], seed: int, **env_kw: Any
+) -> dict[str, Any]:
+    """One env per task id, task ``i`` built with seed ``seed + i`` (all closed again if one fails)."""
+    envs: dict[str, Any] = {}
+    try:
+        for i, tid in enumerate(task_ids):
+            envs[tid] = family.make(tid, seed=seed + i, **env_kw)
+    except BaseException:
+        for env in envs.values():
+            env.close()
+        raise
+    return envs
+
+
+def eval_env_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``action_repeat``, ``max_episode_steps`` (the data's, recorded in the saved config) and ``render_size``."""
+    settings = OmegaConf.to_container(cfg.env_settings, resolve=True)
+    return {
+        "action_repeat": settings.get("action_repeat"),
+        "max_episode_steps": settings.get("max_episode_steps"),
+        "render_size": int(settings.get("render_size") or 224),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # the loop
 
 
-class OfflineMetaTrainer:
-    """Gradient updates on grouped batches, periodic held-out evaluation, logging and checkpoints."""
+class OfflineTrainer(TrainingLoop):
+    """The offline part of :class:`training.loop.TrainingLoop`: one update on a grouped batch per :meth:`advance`
+    (``step`` counts updates; a train row every ``log_every``), evaluation on held-out tasks (:func:`evaluate_meta`,
+    with ``eval_initial`` at update 0 too). The sampler's generator travels with the checkpoints."""
+
+    steps_key = "offline.steps"
+    tolerated_overrides = ("dataset", "experiment")
+    step_label = "update"
+    step_state_key = "step"
+    unit = "upd"
 
     def __init__(
         self,
         cfg: OfflineConfig,
         *,
-        agent: MetaRLAgent,
+        agent: ContextAgent,
         sampler: TaskSampler,
         eval_envs: dict[str, Any],
         eval_groups: dict[str, str],
-        logger: Logger,
         run_dir: str | Path,
-        config_yaml: str,
         seed: int,
+        header: str = "",
+        title: str = "",
     ) -> None:
+        super().__init__(
+            agent=agent,
+            run_dir=run_dir,
+            seed=seed,
+            steps=cfg.steps,
+            eval_every=cfg.eval_every,
+            checkpoint_every=cfg.checkpoint_every,
+            keep_checkpoints=cfg.keep_checkpoints,
+            progress_bar=cfg.progress_bar,
+            eval_initial=cfg.eval_initial,
+        )
         self.cfg = cfg
-        self.agent = agent
         self.sampler = sampler
         self.eval_envs = eval_envs
         self.eval_groups = eval_groups
-        self.logger = logger
-        self.run_dir = Path(run_dir)
-        self.config_yaml = config_yaml
-        self.seed = seed
-        self.step = 0
-        self.last_eval = -1
-        self.last_checkpoint = 0
-        self.best_eval_return = -math.inf
-        self.finished = False
-        self.pbar: tqdm | None = None
+        self._header, self._title = header, title
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+        self._t0, self._n_block = time.perf_counter(), 0
 
-    def state_dict(self) -> dict:
-        return {
-            "agent": self.agent.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "trainer": {
-                "step": self.step,
-                "last_eval": self.last_eval,
-                "last_checkpoint": self.last_checkpoint,
-                "best_eval_return": self.best_eval_return,
-                "finished": self.finished,
-            },
-            "rng": rng_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.agent.load_state_dict(state["agent"])
-        self.sampler.load_state_dict(state["sampler"])
-        for k, v in state["trainer"].items():
-            setattr(self, k, v)
-        set_rng_state(state["rng"])
-
-    def save(self) -> Path:
-        self.last_checkpoint = self.step
-        return save_checkpoint(
-            self.run_dir, self.step, self.state_dict(), self.config_yaml, buffer=None, keep=self.cfg.keep_checkpoints
+    # -- building ----------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, cfg: DictConfig, *, device: torch.device, state: dict | None) -> OfflineTrainer:
+        """The dataset, its family's train/held-out split, the agent (``agent=meta_rl``), the sampler and the eval
+        envs. Completes ``cfg``: ``env`` becomes the dataset's family, ``env_settings`` the data's action repeat and
+        episode length (unless set), so the saved config evaluates without the data."""
+        ocfg = offline_config(cfg)
+        if not cfg.get("dataset"):
+            raise ValueError("offline training needs dataset=<HDF5 file or directory> (envs/datasets.py schema)")
+        dataset = load_any_dataset(cfg.dataset)
+        fam_name = dataset.attrs.get("family")
+        if not fam_name:
+            raise ValueError(f"{dataset.path}: attrs/family is missing; offline meta-RL needs task-family data")
+        family = task_families.get_family(str(fam_name))
+        if str(cfg.env) in ("auto", "", "None"):
+            cfg.env = family.name
+        elif task_families.get_family(str(cfg.env)).name != family.name:
+            raise ValueError(f"env={cfg.env} is not the dataset's family {family.name!r} (use env=auto)")
+        train_ids = {t.global_index for t in family.tasks("train")}
+        present = sorted({int(t) for t in np.unique(dataset.task_ids)})
+        used = [t for t in present if t in train_ids]
+        dropped = [family.task_by_index(t).task_id for t in present if t not in train_ids]
+        if not used:
+            raise ValueError(f"{dataset.path}: holds no task of {family.name}'s train split (tasks {present})")
+        if str(cfg.agent.name) != "meta_rl":
+            raise ValueError(f"offline training (trainer.loop=offline) needs agent=meta_rl, got agent={cfg.agent.name}")
+        resolve_size(str(cfg.agent.size), str(cfg.device))
+        settings = agent_settings(cfg)
+        agent = make_agent(
+            "meta_rl", dataset.obs_dim, dataset.action_dim, settings, device, num_tasks=len(family.tasks("all"))
+        )
+        sampling = settings.sampling
+        sampler = TaskSampler(
+            dataset,
+            tasks=used,
+            horizon=agent.sample_horizon,
+            tasks_per_batch=sampling.tasks_per_batch,
+            batch_size=agent.batch_size,
+            contexts_per_task=sampling.contexts_per_task,
+            context_size=sampling.context_size,
+            context_source=sampling.context_source,
+            seed=int(cfg.seed),
+        )
+        agent.set_normalizer(*sampler.stats())
+        for key in ("action_repeat", "max_episode_steps"):  # record what the data was collected with
+            if cfg.env_settings.get(key) is None and dataset.attrs.get(key) is not None:
+                cfg.env_settings[key] = int(dataset.attrs[key])
+        run_dir = Path(cfg.run_dir)  # after env is known: the default run dir names it
+        eval_ids = select_eval_tasks(family, ocfg.eval_tasks, ocfg.eval_max_tasks)
+        eval_envs = make_task_envs(family, eval_ids, int(cfg.seed) + EVAL_ENV_SEED_OFFSET, **eval_env_settings(cfg))
+        header = (
+            f"run {run_dir} | agent meta_rl ({settings.representation}, entropy_coef "
+            f"{settings.task_loss.entropy_coef}; {agent.num_params() / 1e6:.2f}M trained params) on {device} | "
+            f"dataset {cfg.dataset}: {sampler.num_rows} transitions of {len(used)} {family.name} train tasks, groups "
+            f"(task, policy) {len(sampler.group_keys())} | eval: {len(eval_ids)} {ocfg.eval_tasks} tasks, context "
+            f"{ocfg.context_steps} steps"
+        )
+        if dropped:
+            header += f"\nnote: rows of held-out tasks {dropped} are in the dataset and are not trained on"
+        title = f"meta_rl ({settings.representation}) on {family.name} held-out tasks (seed {cfg.seed}); x: updates"
+        return cls(
+            ocfg,
+            agent=agent,
+            sampler=sampler,
+            eval_envs=eval_envs,
+            eval_groups={tid: family.task(tid).group for tid in eval_ids},
+            run_dir=run_dir,
+            seed=int(cfg.seed),
+            header=header,
+            title=title,
         )
 
-    def evaluate(self) -> dict[str, Any]:
-        res = evaluate_meta(
+    def describe(self) -> str:
+        return self._header
+
+    @property
+    def title(self) -> str:
+        return self._title
+
+    def close(self) -> None:
+        for env in self.eval_envs.values():
+            env.close()
+
+    # -- state -----------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_extra_state(self, state: dict, buffer_state: dict | None) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def summary(self, final: dict) -> str:
+        return (
+            f"done: {self.step} updates | held-out return {final['return_mean']:.1f} ± {final['return_std']:.1f} "
+            f"over {len(self.eval_envs)} tasks | run dir {self.run_dir}"
+        )
+
+    def advance(self) -> None:
+        for k, v in self.agent.update(self.sampler.sample()).items():
+            self._sums[k] += v
+            self._counts[k] += 1
+        self.step += 1
+        self._n_block += 1
+        self.progress(1)
+        if self.step % self.cfg.log_every == 0 or self.step == self.steps:
+            row = {k: self._sums[k] / self._counts[k] for k in self._sums}
+            row["updates_per_s"] = self._n_block / max(time.perf_counter() - self._t0, 1e-9)
+            self.log("train", row)
+            self._sums.clear()
+            self._counts.clear()
+            self._t0, self._n_block = time.perf_counter(), 0
+
+    def run_evaluation(self, video: bool) -> dict[str, Any]:
+        return evaluate_meta(
             self.agent,
             self.eval_envs,
             episodes=self.cfg.eval_episodes,
             context_steps=self.cfg.context_steps,
             context_update_every=self.cfg.context_update_every,
-            seed=self.seed + EVAL_SEED_OFFSET,
+            seed=self.seed + EVAL_EPISODE_SEED_OFFSET,
             step=self.step,
             groups=self.eval_groups,
         )
-        metrics = {k: v for k, v in res.items() if k != "per_task"}
-        self.best_eval_return = max(self.best_eval_return, metrics["return_mean"])
-        self.last_eval = self.step
-        self.logger.log("eval", self.step, metrics)
-        return res
-
-    def train(self) -> dict[str, Any] | None:
-        """Run (or continue) to ``cfg.steps`` updates; returns the final evaluation (None if already done)."""
-        c = self.cfg
-        if self.step < c.steps:
-            self.finished = False
-        self.pbar = (
-            tqdm(total=c.steps, initial=min(self.step, c.steps), unit="upd", dynamic_ncols=True)
-            if (c.progress_bar)
-            else None
-        )
-        final = None
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        t0 = time.perf_counter()
-        n_block = 0
-        try:
-            if c.eval_initial and self.step == 0 and self.last_eval < 0:
-                self.evaluate()
-            while self.step < c.steps:
-                for k, v in self.agent.update(self.sampler.sample()).items():
-                    sums[k] += v
-                    counts[k] += 1
-                self.step += 1
-                n_block += 1
-                if self.pbar is not None:
-                    self.pbar.update(1)
-                if self.step % c.log_every == 0 or self.step == c.steps:
-                    row = {k: sums[k] / counts[k] for k in sums}
-                    row["updates_per_s"] = n_block / max(time.perf_counter() - t0, 1e-9)
-                    self.logger.log("train", self.step, row)
-                    sums.clear()
-                    counts.clear()
-                    t0, n_block = time.perf_counter(), 0
-                if self.step - max(self.last_eval, 0) >= c.eval_every and self.step < c.steps:
-                    self.evaluate()
-                if self.step - self.last_checkpoint >= c.checkpoint_every and self.step < c.steps:
-                    self.save()
-            if not self.finished:
-                final = self.evaluate()
-                self.finished = True
-                self.save()
-        except NonFiniteLossError as e:
-            where = save_if_finite(self.agent.nets.state_dict(), self.save, self.run_dir)
-            raise TrainingStopped(f"{e} (update {self.step}). {where}") from e
-        finally:
-            if self.pbar is not None:
-                self.pbar.close()
-        return final
 
 
 # ---------------------------------------------------------------------------------------------------
-# entry point
-
-
-def build_meta_agent(
-    cfg: DictConfig, obs_dim: int, action_dim: int, device: torch.device, num_tasks: int
-) -> MetaRLAgent:
-    """The agent of ``cfg.agent`` (must be ``meta_rl``) with its hyperparameters validated."""
-    if str(cfg.agent.name) != "meta_rl":
-        raise ValueError(f"offline training (dataset=...) needs agent=meta_rl, got agent={cfg.agent.name}")
-    resolve_size(str(cfg.agent.size), str(cfg.device))
-    hp = build_config(MetaRLConfig, agent_hparams(cfg.agent), "configs/agent/meta_rl.yaml")
-    return MetaRLAgent(obs_dim, action_dim, hp, device, num_tasks=num_tasks)
+# entry points
 
 
 def offline_config(cfg: DictConfig) -> OfflineConfig:
@@ -506,120 +596,97 @@ def offline_config(cfg: DictConfig) -> OfflineConfig:
 
 
 def run_offline(cfg: DictConfig) -> dict[str, Any] | None:
-    """Train ``cfg.agent`` (meta_rl) on ``cfg.dataset``; evaluate on held-out tasks. Returns the final eval.
+    """Train ``cfg.agent`` (meta_rl) on ``cfg.dataset`` with the offline loop; evaluate on held-out tasks.
 
-    Setup problems (bad config, dataset, checkpoint) raise ``ValueError`` subclasses before training.
+    :func:`training.loop.run_training` for configs with ``trainer.loop=offline`` (``experiment=offline_meta``).
+    Returns the final evaluation; setup problems (bad config, dataset, checkpoint) raise ``ValueError`` subclasses
+    before training.
     """
-    ckpt = None
-    if not cfg.get("dataset"):
-        raise ValueError("offline training needs dataset=<HDF5 file or directory> (envs/datasets.py schema)")
-    if cfg.get("resume"):
-        given = cfg.dataset
-        cfg, ckpt = resume_config(cfg, "offline.steps", load_buffer=False, tolerated=("dataset", "experiment"))
-        if str(given) != str(cfg.dataset):
-            print(f"resume: using the saved dataset {cfg.dataset!r}, not {given!r}", file=sys.stderr)
-    ocfg = offline_config(cfg)
-    dataset = load_any_dataset(cfg.dataset)
-    fam_name = dataset.attrs.get("family")
-    if not fam_name:
-        raise ValueError(f"{dataset.path}: attrs/family is missing; offline meta-RL needs task-family data")
-    family = task_families.get_family(str(fam_name))
-    if str(cfg.env) in ("auto", "", "None"):
-        cfg.env = family.name
-    elif task_families.get_family(str(cfg.env)).name != family.name:
-        raise ValueError(f"env={cfg.env} is not the dataset's family {family.name!r} (use env=auto)")
-    train_ids = {t.global_index for t in family.tasks("train")}
-    present = sorted({int(t) for t in np.unique(dataset.task_ids)})
-    used = [t for t in present if t in train_ids]
-    dropped = [family.task_by_index(t).task_id for t in present if t not in train_ids]
-    if not used:
-        raise ValueError(f"{dataset.path}: holds no task of {family.name}'s train split (tasks {present})")
-    run_dir = Path(cfg.run_dir)
-    if cfg.wandb.id is None:
-        cfg.wandb.id = wandb_id(run_dir)
-    device = setup_process(cfg)
-    agent = build_meta_agent(cfg, dataset.obs_dim, dataset.action_dim, device, num_tasks=len(family.tasks("all")))
-    hp = agent.cfg
-    sampler = TaskSampler(
-        dataset,
-        tasks=used,
-        horizon=agent.sample_horizon,
-        tasks_per_batch=hp.tasks_per_batch,
-        batch_size=hp.batch_size,
-        contexts_per_task=hp.contexts_per_task,
-        context_size=hp.context_size,
-        context_source=hp.context_source,
-        seed=int(cfg.seed),
-    )
-    agent.set_normalizer(*sampler.stats())
+    if loop_name(cfg) != "offline":
+        raise ValueError("run_offline needs trainer.loop=offline (experiment=offline_meta)")
+    return run_training(cfg)
 
-    settings = OmegaConf.to_container(cfg.env_settings, resolve=True)
-    env_kw = {
-        "action_repeat": settings.get("action_repeat") or dataset.attrs.get("action_repeat"),
-        "max_episode_steps": settings.get("max_episode_steps") or dataset.attrs.get("max_episode_steps"),
-        "render_size": int(settings.get("render_size", 224)),
-    }
-    eval_ids = select_eval_tasks(family, ocfg.eval_tasks, ocfg.eval_max_tasks)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    if ckpt is None:
-        (run_dir / "config.yaml").write_text(config_yaml)
-    eval_envs: dict[str, Any] = {}
-    try:
-        for i, tid in enumerate(eval_ids):
-            eval_envs[tid] = family.make(tid, seed=int(cfg.seed) + 10_000 + i, **env_kw)
-        n_params = sum(p.numel() for p in agent.nets.parameters())
-        print(
-            f"run {run_dir} | agent meta_rl ({hp.representation}, entropy_coef {hp.entropy_coef}; "
-            f"{n_params / 1e6:.2f}M params) on {device} | dataset {cfg.dataset}: {sampler.num_rows} transitions of "
-            f"{len(used)} {family.name} train tasks, groups (task, policy) {len(sampler.group_keys())} | "
-            f"eval: {len(eval_ids)} {ocfg.eval_tasks} tasks, context {ocfg.context_steps} steps"
-        )
-        if dropped:
-            print(f"note: rows of held-out tasks {dropped} are in the dataset and are not trained on")
-        title = f"meta_rl ({hp.representation}) on {family.name} held-out tasks (seed {cfg.seed}); x: updates"
-        logger = build_logger(cfg, run_dir, ckpt.step if ckpt is not None else None, title)
-        trainer = OfflineMetaTrainer(
-            ocfg,
-            agent=agent,
-            sampler=sampler,
-            eval_envs=eval_envs,
-            eval_groups={tid: family.task(tid).group for tid in eval_ids},
-            logger=logger,
-            run_dir=run_dir,
-            config_yaml=config_yaml,
-            seed=int(cfg.seed),
-        )
-        if ckpt is not None:
-            try:
-                trainer.load_state_dict(ckpt.state)
-            except (KeyError, RuntimeError) as e:
-                raise ValueError(f"{ckpt.path}: does not match this run's agent ({e})") from e
-            print(f"resumed from {ckpt.path} at update {trainer.step}")
-        try:
-            final = trainer.train()
-        finally:
-            logger.close()
-        if final is not None:
-            print(
-                f"done: {trainer.step} updates | held-out return {final['return_mean']:.1f} "
-                f"± {final['return_std']:.1f} over {len(eval_ids)} tasks | run dir {run_dir}"
-            )
-        return final
-    finally:
-        for env in eval_envs.values():
+
+@dataclass
+class RestoredOfflineRun:
+    """An offline meta-RL run's agent rebuilt from a checkpoint, with envs of its held-out tasks."""
+
+    cfg: DictConfig
+    ckpt: Checkpoint
+    agent: ContextAgent
+    envs: dict[str, Any]
+    groups: dict[str, str]
+    offline: OfflineConfig
+    device: torch.device
+
+    def close(self) -> None:
+        for env in self.envs.values():
             env.close()
 
 
+def restore_offline_run(
+    ckpt: Checkpoint,
+    *,
+    device: str = "auto",
+    threads: int = 1,
+    agent: DictConfig | Mapping[str, Any] | None = None,
+    render_size: int | None = None,
+) -> RestoredOfflineRun:
+    """Rebuild an offline meta-RL run's agent from its checkpoint (the config inside it; no dataset) and build envs
+    of the run's evaluation tasks (``offline.eval_tasks``, ``eval_max_tasks``), task ``i`` with seed
+    ``seed + RESTORED_ENV_SEED_OFFSET + i``. ``agent`` settings are merged over the saved ones (this process only).
+    Weights that do not fit raise :class:`training.checkpoint.CheckpointError`. The caller closes the envs."""
+    cfg = OmegaConf.create(ckpt.config_yaml)
+    cfg.device, cfg.threads = device, threads
+    if agent:
+        cfg.agent = OmegaConf.merge(cfg.agent, agent)
+    if render_size is not None:
+        cfg.env_settings.render_size = render_size
+    ocfg = offline_config(cfg)
+    family = task_families.get_family(str(cfg.env))
+    dev = setup_process(cfg)
+    task_ids = select_eval_tasks(family, ocfg.eval_tasks, ocfg.eval_max_tasks)
+    envs = make_task_envs(family, task_ids, int(cfg.seed) + RESTORED_ENV_SEED_OFFSET, **eval_env_settings(cfg))
+    try:
+        first = next(iter(envs.values()))
+        obs_dim = int(np.prod(first.observation_space.shape))
+        action_dim = int(np.prod(first.action_space.shape))
+        restored = make_agent(
+            str(cfg.agent.name), obs_dim, action_dim, agent_settings(cfg), dev, num_tasks=len(family.tasks("all"))
+        )
+        try:
+            restored.load_state_dict(ckpt.state["agent"])
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{ckpt.path}: weights do not match the agent its saved config builds for {family.name} "
+                f"(obs_dim {obs_dim}, action_dim {action_dim}): {e}"
+            ) from e
+    except BaseException:
+        for env in envs.values():
+            env.close()
+        raise
+    groups = {tid: family.task(tid).group for tid in task_ids}
+    return RestoredOfflineRun(cfg, ckpt, restored, envs, groups, ocfg, dev)
+
+
+def video_name(task_id: str) -> str:
+    """A file-name-safe form of a task id (``ml1_reach/test-3`` -> ``ml1_reach_test-3``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task_id)
+
+
 __all__ = [
-    "EVAL_SEED_OFFSET",
+    "ContextAgent",
     "OfflineConfig",
-    "OfflineMetaTrainer",
+    "OfflineTrainer",
+    "RestoredOfflineRun",
     "TaskSampler",
-    "build_meta_agent",
+    "TrainingStopped",
     "evaluate_meta",
     "load_any_dataset",
+    "make_task_envs",
     "offline_config",
+    "restore_offline_run",
     "run_offline",
     "select_eval_tasks",
+    "video_name",
 ]

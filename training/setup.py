@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import sys
@@ -17,15 +18,14 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from agents import make_agent
+from agents import agent_classes, agent_config, make_agent
 from agents.common import Agent
-from common.config import build_config
 from common.seeding import resolve_device, seed_everything
 from envs import canonical_env_name, make_env, name_key
 from training.buffer import ReplayBuffer
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from training.logger import Logger
-from training.trainer import TrainerConfig
+from training.seeds import RESTORED_ENV_SEED_OFFSET
 
 SIZES = ("auto", "paper", "small")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -52,7 +52,7 @@ def resolve_size(size: str, device: str) -> str:
 def _sized(paper: Any, small: Any, *, _root_: DictConfig) -> Any:
     """``${sized:<paper value>,<small value>}``: pick by ``agent.size`` (and ``device`` for auto).
 
-    A value set explicitly (``agent.hparams.batch_size=64``) replaces the interpolation, so explicit
+    A value set explicitly (``agent.optim.batch_size=64``) replaces the interpolation, so explicit
     settings always win over the size preset.
     """
     return paper if resolve_size(str(_root_.agent.size), str(_root_.device)) == "paper" else small
@@ -89,9 +89,19 @@ for _name, _resolver in (("sized", _sized), ("by_task", _by_task)):
         OmegaConf.register_new_resolver(_name, _resolver)
 
 
-def agent_hparams(agent_cfg: DictConfig) -> dict[str, Any]:
-    """The agent's hyperparameters with size presets resolved to plain values."""
-    return OmegaConf.to_container(agent_cfg.hparams, resolve=True)
+def agent_settings(cfg: DictConfig, reward_bound: list[float] | None = None) -> Any:
+    """The validated config of ``cfg.agent`` (size presets resolved), composed with the ``world_model`` section
+    when the agent has a world model. ``reward_bound`` replaces a world model's ``reward_bound: auto``."""
+    resolve_size(str(cfg.agent.size), str(cfg.device))  # reject a bad size even if nothing uses it
+    values = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k not in ("name", "size")}
+    _, cfg_cls = agent_classes(str(cfg.agent.name))
+    has_wm = "world_model" in {f.name for f in dataclasses.fields(cfg_cls)}
+    if has_wm and cfg.get("world_model") is not None:
+        wm = OmegaConf.to_container(cfg.world_model, resolve=True)
+        if wm.get("reward_bound") == "auto":
+            wm["reward_bound"] = reward_bound
+        values["world_model"] = wm
+    return agent_config(str(cfg.agent.name), values)
 
 
 def env_config(cfg: DictConfig, seed_offset: int = 0) -> dict[str, Any]:
@@ -112,15 +122,88 @@ def setup_process(cfg: DictConfig) -> torch.device:
     return resolve_device(str(cfg.device))
 
 
-def build_agent(cfg: DictConfig, env: gym.Env, device: torch.device) -> Agent:
-    resolve_size(str(cfg.agent.size), str(cfg.device))  # reject a bad size even if nothing uses it
+def build_agent(cfg: DictConfig, env: gym.Env, device: torch.device, state: dict | None = None) -> Agent:
+    """The agent of ``cfg`` for ``env``; ``state`` is the agent state it will be restored from, if any (agents whose
+    builder hands them more than their config, e.g. a frozen base policy, rebuild it from there)."""
     obs_dim = int(np.prod(env.observation_space.shape))
     action_dim = int(np.prod(env.action_space.shape))
-    hp = agent_hparams(cfg.agent)
-    if hp.get("reward_bound") == "auto":
-        # DMC rewards are in [0, 1] per env step, summed over the action repeat; other suites are unbounded.
-        hp["reward_bound"] = [0.0, float(env.config.action_repeat)] if env.suite == "dmc" else None
-    return make_agent(cfg.agent.name, obs_dim, action_dim, hp, device)
+    # DMC rewards are in [0, 1] per env step, summed over the action repeat; other suites are unbounded.
+    bound = [0.0, float(env.config.action_repeat)] if env.suite == "dmc" else None
+    settings = agent_settings(cfg, bound)
+    extra = agent_extras(cfg, obs_dim, action_dim, device, state)
+    return make_agent(str(cfg.agent.name), obs_dim, action_dim, settings, device, **extra)
+
+
+def agent_extras(
+    cfg: DictConfig, obs_dim: int, action_dim: int, device: torch.device, state: dict | None = None
+) -> dict[str, Any]:
+    """What the builder hands an agent besides its config (``make_agent``'s ``extra``): the number of tasks of a
+    meta-RL agent's family; the frozen offline base policy of an offline-to-online agent (from ``state`` when
+    restoring one of its checkpoints, which carry it, else from ``agent.base_checkpoint``)."""
+    name = str(cfg.agent.name)
+    if name == "meta_rl":
+        from envs.task_families import FAMILIES
+
+        family = FAMILIES.get(str(cfg.env))
+        if family is None:
+            raise ValueError(
+                f"agent=meta_rl learns offline from a task family's data: run it with experiment=offline_meta "
+                f"dataset=<file or dir> (trainer.loop=offline); env={cfg.env} is not a task family "
+                f"({sorted(FAMILIES)})"
+            )
+        return {"num_tasks": len(family.tasks("all"))}
+    if name == "offline_to_online":
+        from agents.offline_to_online import rebuild_base
+
+        if state is not None and "base" in state:
+            return {"base": rebuild_base(state["base"], obs_dim, action_dim, device)}
+        path = OmegaConf.select(cfg, "agent.base_checkpoint", default=None)
+        if not path:
+            raise ValueError(
+                "agent.base_checkpoint=<run dir of a `train.py experiment=offline_meta` run> is required to start an "
+                "offline_to_online run"
+            )
+        return {"base": load_offline_base(path, obs_dim, action_dim, device)}
+    return {}
+
+
+def load_offline_base(path: str | Path, obs_dim: int, action_dim: int, device: torch.device) -> Agent:
+    """The offline :class:`agents.meta_rl.MetaRLAgent` of the run (or checkpoint) at ``path``, rebuilt from the config
+    inside its checkpoint, weights loaded. Problems raise :class:`CheckpointError` naming the file."""
+    from agents.meta_rl import MetaRLAgent
+
+    ckpt = load_checkpoint(path, map_location="cpu", load_buffer=False)
+    where = ckpt.path / "config.yaml"
+    try:
+        saved = OmegaConf.create(ckpt.config_yaml)
+        name = str(saved.agent.name)
+        values = {
+            k: v for k, v in OmegaConf.to_container(saved.agent, resolve=True).items() if k not in ("name", "size")
+        }
+        if saved.get("world_model") is not None and "world_model" not in values:
+            values["world_model"] = OmegaConf.to_container(saved.world_model, resolve=True)
+    except Exception as e:  # noqa: BLE001 - any malformed config is reported with its file
+        raise CheckpointError(f"{where}: unreadable config ({type(e).__name__}: {e})") from e
+    if name != "meta_rl":
+        raise CheckpointError(
+            f"{where}: the base checkpoint must come from an offline meta-RL run (agent=meta_rl), found agent={name}"
+        )
+    try:
+        settings = agent_config("meta_rl", values)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from e
+    try:
+        nets = ckpt.state["agent"]["nets"]
+        protos = [v for k, v in nets.items() if k.endswith("prototypes")]  # world-model representation only
+        num_tasks = int(protos[0].shape[0]) if protos else 64
+        agent = MetaRLAgent(obs_dim, action_dim, settings, device, num_tasks=num_tasks)
+        agent.load_state_dict(ckpt.state["agent"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(
+            f"{ckpt.path / 'state.pt'}: does not hold a meta_rl agent for obs_dim={obs_dim}, action_dim={action_dim} "
+            f"(is it a run on this env's family?): {e}"
+        ) from e
+    return agent
 
 
 def build_buffer(cfg: DictConfig, env: gym.Env, run_dir: Path) -> ReplayBuffer:
@@ -134,10 +217,6 @@ def build_buffer(cfg: DictConfig, env: gym.Env, run_dir: Path) -> ReplayBuffer:
         storage=str(cfg.buffer.storage),
         storage_dir=run_dir / "buffer",
     )
-
-
-def trainer_config(cfg: DictConfig) -> TrainerConfig:
-    return build_config(TrainerConfig, OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
 
 
 def wandb_id(run_dir: str | Path) -> str:
@@ -159,30 +238,29 @@ def build_logger(cfg: DictConfig, run_dir: Path, resume_step: int | None, title:
     )
 
 
-def resume_config(
-    cfg: DictConfig, steps_key: str, *, load_buffer: bool = True, tolerated: tuple[str, ...] = ()
-) -> tuple[DictConfig, Checkpoint]:
-    """The checkpoint at ``cfg.resume`` and the config saved inside it, which the resumed run keeps.
+def load_resume(cfg: DictConfig) -> tuple[DictConfig, Checkpoint]:
+    """The checkpoint at ``cfg.resume`` (buffer included) and the config saved inside it."""
+    ckpt = load_checkpoint(cfg.resume, load_buffer=True)
+    try:
+        saved = OmegaConf.create(ckpt.config_yaml)
+    except Exception as e:  # noqa: BLE001 - any malformed config is reported with its file
+        raise CheckpointError(f"{ckpt.path / 'config.yaml'}: unreadable config ({type(e).__name__}: {e})") from e
+    return saved, ckpt
 
-    ``<steps_key>=N`` on the command line extends the run; overrides of ``resume`` and of the keys in
-    ``tolerated`` pass silently; any other override is ignored with a warning.
-    """
+
+def apply_resume_overrides(saved: DictConfig, steps_key: str, tolerated: tuple[str, ...] = ()) -> None:
+    """Apply the command line's ``<steps_key>=N`` to a resumed run's saved config (it extends the run); overrides of
+    ``resume`` and of the keys in ``tolerated`` pass silently; any other override is ignored with a warning."""
     from hydra.core.hydra_config import HydraConfig
 
-    ckpt = load_checkpoint(cfg.resume, load_buffer=load_buffer)
-    saved = OmegaConf.create(ckpt.config_yaml)
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     for o in overrides:
         key, _, value = o.partition("=")
+        key = key.lstrip("+~")
         if key == steps_key:
             OmegaConf.update(saved, steps_key, int(value))
         elif key not in ("resume", *tolerated):
             print(f"resume: ignoring override {o!r}; a resumed run keeps its saved config", file=sys.stderr)
-    return saved, ckpt
-
-
-# Construction seed offset of the env a restored agent acts in (eval.py); its episodes reset with their own seeds.
-RESTORED_ENV_SEED_OFFSET = 20_000
 
 
 @dataclass
@@ -197,18 +275,18 @@ class RestoredRun:
 
 
 def restore_agent(ckpt: Checkpoint, cfg: DictConfig, env: gym.Env, device: torch.device) -> Agent:
-    """Build the agent ``cfg`` (``ckpt``'s saved config; device/hparams may differ) describes for ``env`` and load
-    ``ckpt``'s weights into it.
+    """Build the agent ``cfg`` (``ckpt``'s saved config; device and agent settings may differ) describes for ``env``
+    and load ``ckpt``'s weights into it.
 
     Only the weight load is reported as the checkpoint's fault: weights that do not fit the rebuilt agent (another
     env's shapes, another size or hyperparameter) raise :class:`CheckpointError` naming the checkpoint, the env and
     the env it was trained on. Errors while building the agent propagate as they are.
     """
-    agent = build_agent(cfg, env, device)
+    agent = build_agent(cfg, env, device, state=ckpt.state.get("agent"))
     try:
         agent.load_state_dict(ckpt.state["agent"])
     except (KeyError, RuntimeError) as e:
-        # cfg is the checkpoint's own config (callers only change device/hparams), so cfg.env is where it trained.
+        # cfg is the checkpoint's own config (callers only change device/settings), so cfg.env is where it trained.
         raise CheckpointError(
             f"{ckpt.path}: weights do not match the agent its saved config builds for "
             f"{getattr(env, 'spec_name', 'this env')!r} (obs {env.observation_space.shape}, "
@@ -222,20 +300,37 @@ def agent_from_checkpoint(
     *,
     device: str = "auto",
     threads: int = 1,
-    hparams: DictConfig | dict[str, Any] | None = None,
+    agent: DictConfig | dict[str, Any] | None = None,
     render_size: int | None = None,
 ) -> RestoredRun:
     """Rebuild the agent saved at ``path`` (run dir or checkpoint dir): eval.py's and the benchmarks' loader.
 
-    ``hparams`` are merged over the saved agent hyperparameters (for this process only; the weights stay).
+    ``agent`` settings are merged over the saved agent config (for this process only; the weights stay).
     Weights that do not fit the rebuilt agent raise :class:`CheckpointError` naming the checkpoint.
     The caller closes ``env``.
     """
     ckpt = load_checkpoint(path, map_location="cpu", load_buffer=False)
+    return restore_run(ckpt, device=device, threads=threads, agent=agent, render_size=render_size)
+
+
+def restore_run(
+    ckpt: Checkpoint,
+    *,
+    device: str = "auto",
+    threads: int = 1,
+    agent: DictConfig | dict[str, Any] | None = None,
+    render_size: int | None = None,
+) -> RestoredRun:
+    """:func:`agent_from_checkpoint` of a loaded checkpoint of an online run (its agent acts in its env)."""
     cfg = OmegaConf.create(ckpt.config_yaml)
+    if OmegaConf.select(cfg, "trainer.loop", default="online") == "offline":
+        raise ValueError(
+            f"{ckpt.path} is an offline meta-RL run (trainer.loop=offline): its agent is evaluated on the held-out "
+            "tasks of its family (eval.py, training.offline.restore_offline_run), not in one env"
+        )
     cfg.device, cfg.threads = device, threads
-    if hparams:
-        cfg.agent.hparams = OmegaConf.merge(cfg.agent.hparams, hparams)
+    if agent:
+        cfg.agent = OmegaConf.merge(cfg.agent, agent)
     if render_size is not None:
         cfg.env_settings.render_size = render_size
     dev = setup_process(cfg)

@@ -1,8 +1,8 @@
-"""The one training loop: seed steps, acting, updates at a UTD ratio, evaluation, logging, checkpoints."""
+"""The online part of the training loop (``trainer.loop=online``): acting in an env, a replay buffer, updates at
+a UTD ratio (:class:`training.loop.TrainingLoop` owns the rest)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -11,25 +11,24 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from agents.common import Agent, NonFiniteLossError
-from common.config import check_fields
-from common.seeding import rng_state, set_rng_state
+from agents.common import Agent
+from common.config import build_config, check_fields
 from training.buffer import ReplayBuffer
-from training.checkpoint import save_checkpoint, save_if_finite
 from training.evaluation import evaluate
 from training.logger import Logger
-
-
-class TrainingStopped(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message says why and what was saved."""
+from training.loop import TrainingLoop, TrainingStopped
+from training.seeds import EVAL_ENV_SEED_OFFSET, EVAL_EPISODE_SEED_OFFSET
+from training.setup import build_agent, build_buffer, build_env
 
 
 @dataclass
 class TrainerConfig:
-    """Loop settings. All step counts are *environment* steps (agent decisions x action repeat)."""
+    """The online loop's settings (``trainer``). All step counts are *environment* steps (decisions x action repeat)."""
 
+    loop: str = "online"  # which loop train.py runs (training.loop.LOOPS); this section's other keys are online's
     steps: int = 100_000
     seed_steps: int = 5_000  # uniform random actions, no updates, before learning starts
     utd_ratio: float = 1.0  # gradient updates per agent decision
@@ -45,6 +44,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         checks = {
+            "loop": self.loop == "online",
             "steps": self.steps >= 1,
             "seed_steps": self.seed_steps >= 0,
             "utd_ratio": self.utd_ratio > 0,
@@ -57,18 +57,25 @@ class TrainerConfig:
         check_fields(self, checks, "trainer setting")
 
 
-class Trainer:
-    """Runs an agent in an env until ``cfg.steps`` env steps, episode by episode.
+def trainer_config(cfg: DictConfig) -> TrainerConfig:
+    return build_config(TrainerConfig, OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
 
-    After every episode it runs ``round(utd_ratio * decisions)`` updates on batches of
-    within-episode windows from the replay buffer (the first block after the seed phase catches
-    up on all seed decisions), then evaluates and checkpoints when due. Training episode ``k``
-    resets with seed ``seed + k``; evaluation uses a disjoint seed range. All state that the
-    future of the run depends on (weights, optimisers, buffer, RNGs, counters) is in the
-    checkpoint, so a resumed run continues exactly where the checkpoint was taken.
+
+class Trainer(TrainingLoop):
+    """The online part of :class:`training.loop.TrainingLoop`: episodes in an env, a replay buffer, a UTD ratio.
+
+    ``step`` counts env steps. Each :meth:`advance` collects one episode (uniform random actions during the first
+    ``seed_steps``), then runs ``round(utd_ratio * decisions)`` updates on batches of within-episode windows from the
+    replay buffer (the first block after the seed phase catches up on all seed decisions). Training episode ``k``
+    resets with seed ``seed + k``; evaluation episode ``i`` with ``seed + EVAL_EPISODE_SEED_OFFSET + i``
+    (:mod:`training.seeds`) in an env built with ``seed + EVAL_ENV_SEED_OFFSET``. The buffer travels with the
+    checkpoints (``save_buffer``).
     """
 
-    EVAL_SEED_OFFSET = 1_000_003
+    steps_key = "trainer.steps"
+    step_label = "env step"
+    step_state_key = "env_step"
+    unit = "step"
 
     def __init__(
         self,
@@ -78,80 +85,131 @@ class Trainer:
         env: gym.Env,
         eval_env: gym.Env,
         buffer: ReplayBuffer,
-        logger: Logger,
         run_dir: str | Path,
-        config_yaml: str,
         seed: int,
+        logger: Logger | None = None,
+        config_yaml: str = "",
+        header: str = "",
+        title: str = "",
     ) -> None:
+        super().__init__(
+            agent=agent,
+            run_dir=run_dir,
+            seed=seed,
+            steps=cfg.steps,
+            eval_every=cfg.eval_every,
+            checkpoint_every=cfg.checkpoint_every,
+            keep_checkpoints=cfg.keep_checkpoints,
+            progress_bar=cfg.progress_bar,
+            diagnostics_samples=cfg.diagnostics_samples,
+        )
         self.cfg = cfg
-        self.agent = agent
         self.env = env
         self.eval_env = eval_env
         self.buffer = buffer
         self.logger = logger
-        self.run_dir = Path(run_dir)
         self.config_yaml = config_yaml
-        self.seed = seed
+        self._header, self._title = header, title
         self.action_repeat = int(env.config.action_repeat) if hasattr(env, "config") else 1
         self.action_dim = int(np.prod(env.action_space.shape))
-        self.env_step = 0
         self.episode = 0
         self.num_updates = 0
         self.pending_decisions = 0  # decisions not yet matched by updates
-        self.last_eval = 0
-        self.last_checkpoint = 0
-        self.best_eval_return = -math.inf
-        self.finished = False
+
+    # -- building ----------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, cfg: DictConfig, *, device: torch.device, state: dict | None) -> Trainer:
+        tcfg = trainer_config(cfg)
+        run_dir = Path(cfg.run_dir)
+        if cfg.get("dataset"):
+            raise ValueError(
+                f"dataset={cfg.dataset} is data for the offline loop (trainer.loop=offline, e.g. "
+                "experiment=offline_meta); the online loop collects its own"
+            )
+        env = build_env(cfg)
+        try:
+            eval_env = build_env(cfg, seed_offset=EVAL_ENV_SEED_OFFSET)
+        except BaseException:
+            env.close()
+            raise
+        try:
+            agent = build_agent(cfg, env, device, state=None if state is None else state.get("agent"))
+            run_dir.mkdir(parents=True, exist_ok=True)
+            buffer = build_buffer(cfg, env, run_dir)
+        except BaseException:
+            env.close()
+            eval_env.close()
+            raise
+        header = (
+            f"run {run_dir} | agent {cfg.agent.name} ({agent.num_params() / 1e6:.2f}M trained params) on {device} | "
+            f"env {cfg.env} obs {env.observation_space.shape} act {env.action_space.shape} | buffer "
+            f"{buffer.capacity} transitions, {buffer.nbytes / 2**20:.0f} MiB ({cfg.buffer.storage})"
+        )
+        title = f"{cfg.agent.name} on {cfg.env} (seed {cfg.seed})"
+        return cls(
+            tcfg,
+            agent=agent,
+            env=env,
+            eval_env=eval_env,
+            buffer=buffer,
+            run_dir=run_dir,
+            seed=int(cfg.seed),
+            header=header,
+            title=title,
+        )
+
+    def describe(self) -> str:
+        return self._header
+
+    @property
+    def title(self) -> str:
+        return self._title
+
+    def close(self) -> None:
+        self.env.close()
+        self.eval_env.close()
 
     # -- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "agent": self.agent.state_dict(),
-            "trainer": {
-                "env_step": self.env_step,
-                "episode": self.episode,
-                "num_updates": self.num_updates,
-                "pending_decisions": self.pending_decisions,
-                "last_eval": self.last_eval,
-                "last_checkpoint": self.last_checkpoint,
-                "best_eval_return": self.best_eval_return,
-                "finished": self.finished,
-            },
-            "rng": rng_state(),
-        }
+    def part_counters(self) -> dict:
+        return {"episode": self.episode, "num_updates": self.num_updates, "pending_decisions": self.pending_decisions}
 
-    def load_state_dict(self, state: dict, buffer_state: dict | None) -> None:
-        self.agent.load_state_dict(state["agent"])
-        for k, v in state["trainer"].items():
-            setattr(self, k, v)
-        set_rng_state(state["rng"])
+    def checkpoint_buffer(self) -> dict | None:
+        return self.buffer.state_dict() if self.cfg.save_buffer else None
+
+    def load_extra_state(self, state: dict, buffer_state: dict | None) -> None:
         if buffer_state is not None:
             self.buffer.load_state_dict(buffer_state)
-        elif self.buffer.num_added == 0 and self.env_step > 0:
+        elif self.buffer.num_added == 0 and self.step > 0:
             tqdm.write("resume: checkpoint has no buffer (save_buffer=false); refilling from scratch")
 
-    def save(self) -> Path:
-        path = save_checkpoint(
-            self.run_dir,
-            self.env_step,
-            self.state_dict(),
-            self.config_yaml,
-            buffer=self.buffer.state_dict() if self.cfg.save_buffer else None,
-            keep=self.cfg.keep_checkpoints,
-        )
-        self.last_checkpoint = self.env_step
-        return path
+    # -- the loop ----------------------------------------------------------------------------------
+    def position(self) -> str:
+        return f"env step {self.step}, update {self.num_updates}"
 
-    # -- loop ------------------------------------------------------------------------------------
+    def summary(self, final: dict) -> str:
+        return (
+            f"done: {self.step} env steps | final eval return {final['return_mean']:.1f} "
+            f"± {final['return_std']:.1f} | run dir {self.run_dir}"
+        )
+
+    def video_at(self, final: bool) -> bool:
+        return self.cfg.video == "every_eval" or (final and self.cfg.video == "final")
+
+    def advance(self) -> None:
+        ep = self._collect_episode()
+        if self.step >= self.cfg.seed_steps:
+            ep.update(self._update_block())
+        self.log("train", ep)
+
     def _collect_episode(self) -> dict[str, float]:
         self.agent.begin_episode(self.episode)
         obs, _ = self.env.reset(seed=self.seed + self.episode)
         ep_ret, success, decisions, done = 0.0, None, 0, False
         t0 = time.perf_counter()
         while not done:
-            acted = self.env_step >= self.cfg.seed_steps
+            acted = self.step >= self.cfg.seed_steps
             if acted:
-                action = self.agent.act(obs, eval_mode=False, step=self.env_step)
+                action = self.agent.act(obs, eval_mode=False, step=self.step)
             else:
                 action = (torch.rand(self.action_dim) * 2 - 1).numpy()
             next_obs, reward, terminated, truncated, info = self.env.step(action)
@@ -164,9 +222,8 @@ class Trainer:
             if "success" in info:
                 success = max(success or 0.0, float(info["success"]))
             decisions += 1
-            self.env_step += self.action_repeat
-            if self.pbar is not None:
-                self.pbar.update(self.action_repeat)
+            self.step += self.action_repeat
+            self.progress(self.action_repeat)
         self.episode += 1
         self.pending_decisions += decisions
         dt = time.perf_counter() - t0
@@ -183,7 +240,7 @@ class Trainer:
             return {}
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
-        batch_size = self.agent.cfg.batch_size
+        batch_size = self.agent.batch_size
         t0 = time.perf_counter()
         for _ in range(n):
             batch = self.buffer.sample(batch_size, self.agent.sample_horizon)
@@ -197,56 +254,21 @@ class Trainer:
         out["num_updates"] = self.num_updates
         return out
 
-    def _evaluate(self, video: bool) -> dict[str, float]:
-        video_path = self.run_dir / "videos" / f"eval_step_{self.env_step:09d}.mp4" if video else None
-        res = evaluate(
+    def run_evaluation(self, video: bool) -> dict:
+        video_path = self.run_dir / "videos" / f"eval_step_{self.step:09d}.mp4" if video else None
+        return evaluate(
             self.agent,
             self.eval_env,
             episodes=self.cfg.eval_episodes,
-            seed=self.seed + self.EVAL_SEED_OFFSET,
+            seed=self.seed + EVAL_EPISODE_SEED_OFFSET,
             episode_index=self.episode,
-            step=self.env_step,
+            step=self.step,
             video_path=video_path,
             video_fps=self.cfg.video_fps,
         )
-        metrics = {k: v for k, v in res.items() if not isinstance(v, list)}
-        diag = getattr(self.agent, "diagnostics", None)
-        if diag is not None and len(self.buffer) > 0:
-            metrics.update(diag(self.buffer.recent_obs(self.cfg.diagnostics_samples)))
-        self.best_eval_return = max(self.best_eval_return, metrics["return_mean"])
-        self.last_eval = self.env_step
-        self.logger.log("eval", self.env_step, metrics)
-        return metrics
 
-    def train(self) -> dict[str, float] | None:
-        """Run (or continue) training; returns the final evaluation's metrics."""
-        c = self.cfg
-        self.pbar = (
-            tqdm(total=c.steps, initial=min(self.env_step, c.steps), unit="step", dynamic_ncols=True)
-            if c.progress_bar
-            else None
-        )
-        final = None
-        if self.env_step < c.steps:  # a finished run resumed with a larger trainer.steps goes on
-            self.finished = False
-        try:
-            while self.env_step < c.steps:
-                ep = self._collect_episode()
-                if self.env_step >= c.seed_steps:
-                    ep.update(self._update_block())
-                self.logger.log("train", self.env_step, ep)
-                if self.env_step - self.last_eval >= c.eval_every and self.env_step < c.steps:
-                    self._evaluate(video=c.video == "every_eval")
-                if self.env_step - self.last_checkpoint >= c.checkpoint_every and self.env_step < c.steps:
-                    self.save()
-            if not self.finished:
-                final = self._evaluate(video=c.video in ("final", "every_eval"))
-                self.finished = True
-                self.save()
-        except NonFiniteLossError as e:
-            where = save_if_finite(self.agent.state_dict()["nets"], self.save, self.run_dir)
-            raise TrainingStopped(f"{e} (env step {self.env_step}, update {self.num_updates}). {where}") from e
-        finally:
-            if self.pbar is not None:
-                self.pbar.close()
-        return final
+    def diagnostics_obs(self) -> torch.Tensor | None:
+        return self.buffer.recent_obs(self.diagnostics_samples) if len(self.buffer) > 0 else None
+
+
+__all__ = ["Trainer", "TrainerConfig", "TrainingStopped", "trainer_config"]

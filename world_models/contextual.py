@@ -25,6 +25,8 @@ Two pieces, used by :mod:`agents.meta_rl`:
   ``z`` has to carry whatever makes the task's dynamics and rewards predictable. ``L_proto`` is an
   InfoNCE term against moving-average per-task prototypes ``p_k <- m p_k + (1 - m) mean(z of task k)``
   with logits ``-||z - p_k|| / temperature`` (the contextual-world-model paper's choice: temperature 100).
+  As a :class:`world_models.base.WorldModel` (``world_model=contextual``) its planning latent is
+  ``[h ‖ z]``: ``next`` and ``reward`` carry the task along, ``observe`` takes ``z`` as its state.
 
 Shapes: a *grouped* batch holds ``T`` task slots; ``obs [T, B, H+1, D]``, ``action [T, B, H, A]``,
 ``reward [T, B, H]`` and ``context [T, M, K]`` (a TensorDict of ``obs, action, reward, next_obs``);
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from common.config import check_fields
+from common.config import check_fields, dims_ok
 from common.nn import mlp, soft_update
 
 POOLINGS = ("mean", "attention")
@@ -50,7 +53,15 @@ POOLINGS = ("mean", "attention")
 
 @dataclass
 class ContextEncoderConfig:
-    """Context-encoder hyperparameters (ER-TRL: 3x200 MLP, z size 20, mean pooling)."""
+    """Context encoder (``agent.context``; ER-TRL: 3x200 MLP, z size 20, mean pooling).
+
+    Attributes:
+        z_dim: size of the task representation ``z``.
+        ctx_mlp_dims: hidden sizes of the per-transition MLP ``phi``.
+        use_next_obs: include ``s'`` in a transition's features (dynamics-varying families need it).
+        pooling: ``mean`` (ER-TRL) or ``attention`` (multi-head pooling with learned queries).
+        attn_heads, attn_dim: heads and width of attention pooling (``attn_dim`` divisible by the heads).
+    """
 
     z_dim: int = 20
     ctx_mlp_dims: list[int] = field(default_factory=lambda: [200, 200, 200])
@@ -62,14 +73,12 @@ class ContextEncoderConfig:
     def __post_init__(self) -> None:
         checks = {
             "z_dim": self.z_dim >= 1,
-            "ctx_mlp_dims": all(d >= 1 for d in self.ctx_mlp_dims),
+            "ctx_mlp_dims": dims_ok(self.ctx_mlp_dims),
             "pooling": self.pooling in POOLINGS,
             "attn_heads": self.attn_heads >= 1,
             "attn_dim": self.attn_dim >= 1 and self.attn_dim % max(self.attn_heads, 1) == 0,
         }
-        check_fields(
-            self, checks, "context-encoder hyperparameter", f"pooling in {POOLINGS}; attn_dim divisible by heads"
-        )
+        check_fields(self, checks, "context-encoder setting", f"pooling in {POOLINGS}; attn_dim divisible by heads")
 
 
 class AttentionPool(nn.Module):
@@ -147,9 +156,23 @@ class ContextEncoder(nn.Module):
 
 
 @dataclass
-class ContextualWMConfig(ContextEncoderConfig):
-    """Contextual latent world model (Nakhaei et al. 2026: latent 512, z 5, H 5, rho 0.99, AdamW 1e-4)."""
+class ContextualWMConfig:
+    """Contextual latent world model (``world_model=contextual``; Nakhaei et al. 2026: latent 512, H 5, rho 0.99).
 
+    The task representation ``z`` comes from a :class:`ContextEncoder` whose settings are the agent's
+    (``agent.context``, handed to the model as ``context=``); its optimiser (AdamW, ``agent.optim.wm_lr``) too.
+
+    Attributes:
+        name: ``"contextual"``, the registry name.
+        latent_dim: size of the observation latent ``h`` (the planning latent is ``[h ‖ z]``).
+        enc_mlp_dims / dyn_mlp_dims / reward_mlp_dims: hidden sizes of encoder, dynamics and reward head.
+        horizon: H, open-loop rollout steps in the loss; rho: per-step weight ``rho^j``.
+        enc_tau: Polyak rate of the EMA target encoder.
+        consistency_coef / reward_coef / proto_coef: weights of the latent, reward and InfoNCE terms (0 disables).
+        proto_momentum: ``m`` of the per-task prototypes; proto_temperature: logits ``-||z - p|| / temperature``.
+    """
+
+    name: str = "contextual"
     latent_dim: int = 512
     enc_mlp_dims: list[int] = field(default_factory=lambda: [256])
     dyn_mlp_dims: list[int] = field(default_factory=lambda: [512, 512])
@@ -159,16 +182,16 @@ class ContextualWMConfig(ContextEncoderConfig):
     enc_tau: float = 0.005
     consistency_coef: float = 1.0
     reward_coef: float = 1.0
-    proto_coef: float = 1.0  # InfoNCE against per-task prototypes; 0 disables
+    proto_coef: float = 1.0
     proto_momentum: float = 0.9
     proto_temperature: float = 100.0
-    wm_lr: float = 1e-4
-    wm_weight_decay: float = 0.01
 
     def __post_init__(self) -> None:
-        ContextEncoderConfig.__post_init__(self)
         checks = {
             "latent_dim": self.latent_dim >= 1,
+            "enc_mlp_dims": dims_ok(self.enc_mlp_dims),
+            "dyn_mlp_dims": dims_ok(self.dyn_mlp_dims),
+            "reward_mlp_dims": dims_ok(self.reward_mlp_dims),
             "horizon": self.horizon >= 1,
             "rho": 0.0 < self.rho <= 1.0,
             "enc_tau": 0.0 < self.enc_tau <= 1.0,
@@ -177,50 +200,112 @@ class ContextualWMConfig(ContextEncoderConfig):
             "proto_coef": self.proto_coef >= 0,
             "proto_momentum": 0.0 <= self.proto_momentum < 1.0,
             "proto_temperature": self.proto_temperature > 0,
-            "wm_lr": self.wm_lr > 0,
         }
-        check_fields(self, checks, "contextual world-model hyperparameter")
+        check_fields(self, checks, "contextual world-model setting")
 
 
 class ContextualWorldModel(nn.Module):
     """Latent world model whose dynamics and reward depend on a task representation ``z`` (module docstring).
 
-    WorldModel contract: ``encode(obs) -> h``; ``next(h, a, task) -> h'``; ``reward(h, a, task) -> r``;
-    ``infer_task(context, mask) -> z``; ``loss(batch) -> (scalar, metrics)`` on a grouped batch.
-    ``num_tasks`` sizes the prototype table (task ids are the family's global indices).
+    :class:`world_models.base.WorldModel` view: the planning latent is ``x = [h ‖ z]`` (``latent_dim`` =
+    ``cfg.latent_dim + z_dim``), so ``next(x, a)`` and ``reward(x, a)`` keep the contract's signatures and carry the
+    task along; ``observe(obs, state)`` takes the task representation as its state (``None``: the prior ``z = 0``)
+    and returns it unchanged (the model cannot infer it from observations alone: :meth:`infer_task` does from a
+    context). ``loss`` works on grouped batches (module docstring). Meta-RL reads the parts directly:
+    :meth:`encode`, :meth:`infer_task`, :meth:`rollout_loss`, :meth:`loss_and_task`.
+
+    ``context`` sets the context encoder (default :class:`ContextEncoderConfig`); ``num_tasks`` sizes the
+    prototype table (task ids are the family's global indices).
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, cfg: ContextualWMConfig, num_tasks: int = 64) -> None:
+    window_offset = 0
+    predicts_reward = True
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        cfg: ContextualWMConfig,
+        context: ContextEncoderConfig | None = None,
+        num_tasks: int = 64,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.latent_dim = cfg.latent_dim
-        self.context_encoder = ContextEncoder(obs_dim, action_dim, cfg)
+        context = ContextEncoderConfig() if context is None else context
+        self.z_dim = context.z_dim
+        self.h_dim = cfg.latent_dim
+        self.latent_dim = cfg.latent_dim + context.z_dim
+        self.window_length = cfg.horizon
+        self.context_encoder = ContextEncoder(obs_dim, action_dim, context)
         self.encoder = mlp(obs_dim, cfg.enc_mlp_dims, cfg.latent_dim)
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
-        cond = cfg.latent_dim + action_dim + cfg.z_dim
+        cond = cfg.latent_dim + action_dim + context.z_dim
         self.dynamics = mlp(cond, cfg.dyn_mlp_dims, cfg.latent_dim)
         self.reward_head = mlp(cond, cfg.reward_mlp_dims, 1)
         self.num_tasks = int(num_tasks)
-        self.register_buffer("prototypes", torch.zeros(self.num_tasks, cfg.z_dim))
+        self.register_buffer("prototypes", torch.zeros(self.num_tasks, context.z_dim))
         self.register_buffer("proto_seen", torch.zeros(self.num_tasks, dtype=torch.bool))
 
-    # -- contract ------------------------------------------------------------------------------
+    # -- parts ---------------------------------------------------------------------------------
     def encode(self, obs: Tensor, target: bool = False) -> Tensor:
+        """Observation latent ``h`` (layer-normalised) of ``obs [..., D]``."""
         h = (self.target_encoder if target else self.encoder)(obs)
         return F.layer_norm(h, h.shape[-1:])
 
     def infer_task(self, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``z`` of context features ``[..., K, F]`` (:meth:`context_features`)."""
         return self.context_encoder(context, mask)
 
-    def next(self, h: Tensor, a: Tensor, task: Tensor) -> Tensor:
+    def step(self, h: Tensor, a: Tensor, task: Tensor) -> Tensor:
+        """``h' = LN(h + f(h, a, z))``."""
         h = h + self.dynamics(torch.cat([h, a, task], -1))
         return F.layer_norm(h, h.shape[-1:])
 
-    def reward(self, h: Tensor, a: Tensor, task: Tensor) -> Tensor:
+    def task_reward(self, h: Tensor, a: Tensor, task: Tensor) -> Tensor:
+        """``R(h, a, z)`` ``[N]``."""
         return self.reward_head(torch.cat([h, a, task], -1)).squeeze(-1)
 
     def update_target(self) -> None:
         soft_update(self.target_encoder, self.encoder, self.cfg.enc_tau)
+
+    def join(self, h: Tensor, task: Tensor | None) -> Tensor:
+        """The planning latent ``[h ‖ z]``; ``task`` ``[z]``, ``[..., z]`` or ``None`` (the prior ``z = 0``)."""
+        if task is None:
+            task = h.new_zeros(self.z_dim)
+        return torch.cat([h, task.to(h.dtype).expand(*h.shape[:-1], self.z_dim)], -1)
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``[h ‖ z]`` -> ``(h, z)``."""
+        return x[..., : self.h_dim], x[..., self.h_dim :]
+
+    # -- the WorldModel contract ---------------------------------------------------------------
+    def observe(self, obs: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``[h(obs) ‖ z]`` with ``z`` = ``state`` (the task representation; ``None``: the prior 0), unchanged."""
+        return self.join(self.encode(obs), state), state
+
+    def window_latents(self, obs: Tensor, positions: Sequence[int], task: Tensor | None = None) -> Tensor:
+        """``[h ‖ z]`` at window positions of ``obs [B, T, D]``; ``task [B, z]`` per window (``None``: prior)."""
+        h = self.encode(obs[:, list(positions)])
+        return self.join(h, None if task is None else task[:, None])
+
+    def next(self, z: Tensor, a: Tensor) -> Tensor:
+        h, task = self.split(z)
+        return torch.cat([self.step(h, a, task), task], -1)
+
+    def reward(self, z: Tensor, a: Tensor) -> Tensor:
+        h, task = self.split(z)
+        return self.task_reward(h, a, task)
+
+    def after_update(self) -> None:
+        self.update_target()
+
+    @torch.no_grad()
+    def diagnostics(self, obs: Tensor) -> dict[str, float]:
+        """Spread of the observation latents (mean per-dimension std of ``h``)."""
+        return {"latent_std": float(self.encode(obs).std(0).mean())}
+
+    def uncertainty(self, z: Tensor, a: Tensor) -> Tensor | None:
+        return None
 
     # -- training ------------------------------------------------------------------------------
     def context_features(self, context: TensorDict) -> Tensor:
@@ -240,8 +325,8 @@ class ContextualWorldModel(nn.Module):
         cons = obs.new_zeros(())
         rew = obs.new_zeros(())
         for j in range(H):
-            rew = rew + weights[j] * F.mse_loss(self.reward(h, action[:, j], task), reward[:, j])
-            h = self.next(h, action[:, j], task)
+            rew = rew + weights[j] * F.mse_loss(self.task_reward(h, action[:, j], task), reward[:, j])
+            h = self.step(h, action[:, j], task)
             cons = cons + weights[j] * F.mse_loss(h, targets[:, j])
         loss = c.consistency_coef * cons + c.reward_coef * rew
         return loss, {"consistency_loss": cons.item(), "reward_loss": rew.item()}

@@ -4,8 +4,7 @@ The latent state is a grid of FSQ codes: the encoder output is split into ``G`` 
 ``C = len(fsq_levels)`` channels and each group is quantised to one of ``K = prod(fsq_levels)``
 codes (``[5, 3]`` -> 15 two-dimensional codes). The dynamics model is a *classifier*: for every
 group it outputs logits over the ``K`` codes of the next latent state. Rollouts propagate either a
-straight-through Gumbel-softmax sample (training) or the expected code (planning; ``plan_code="mode"``:
-the most likely code).
+straight-through Gumbel-softmax sample (training) or the expected code (planning).
 """
 
 from __future__ import annotations
@@ -15,22 +14,23 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
-from torch import Tensor, nn
+from torch import Tensor
 
-from common.config import check_fields
+from common.config import check_fields, dims_ok, reward_bound_ok
 from common.nn import mlp
+from world_models.base import MemorylessWorldModel
+from world_models.diagnostics import collapse_metrics
 from world_models.quantizers import FSQ
 
-__all__ = ["DCWMConfig", "DCWorldModel", "PLAN_CODES", "gumbel_softmax_st"]
-
-PLAN_CODES = ("expected", "mode")
+__all__ = ["DCWMConfig", "DCWorldModel", "gumbel_softmax_st"]
 
 
 @dataclass
 class DCWMConfig:
-    """World-model hyperparameters (defaults: the paper / public code at d = 512 groups).
+    """DCWM settings (``world_model=dcwm``; defaults: the paper / public code at d = 512 groups).
 
     Attributes:
+        name: ``"dcwm"``, the registry name.
         latent_groups: d, the number of FSQ groups; the flat latent has ``d * len(fsq_levels)`` values.
         fsq_levels: levels per channel of one group's code; ``prod(levels)`` codes per group.
         enc_mlp_dims / dyn_mlp_dims / reward_mlp_dims: hidden sizes of encoder, dynamics, reward head.
@@ -38,20 +38,13 @@ class DCWMConfig:
         rho: per-step weight ρ^h of the loss over the horizon.
         consistency_coef / reward_coef: weights of the cross-entropy and reward terms.
         gumbel_tau: temperature of the straight-through Gumbel-softmax used in training rollouts.
-        code_locality: ``None`` (off, the paper's) or β₀ > 0: add a learned "codes move to near codes" prior
-            to the dynamics logits, ``ℓ_{g,k} += β_g (2 e_k·c_g − ‖e_k‖²)`` = ``−β_g ‖e_k − c_g‖²`` up to a
-            per-group constant, ``e_k`` the codebook entries, ``c_g`` the group's current (hard or expected)
-            code, ``β_g = softplus(·) ≥ 0`` learned per group from ``β₀``. The MLP then predicts how codes
-            *change* rather than re-deriving every unchanged code from the whole latent.
-        plan_code: the code a planning rollout moves to (:meth:`DCWorldModel.next`): ``"expected"``, the
-            softmax-weighted average code ``Σ_k p_k·code_k`` (the paper's), or ``"mode"``, the most likely
-            code ``code_{argmax_k p_k}`` per group (a codebook entry, as every head saw in training).
         reward_bound: ``None`` (unbounded reward head) or ``[lo, hi]``: the head's output is squashed
             by ``lo + (hi - lo)(tanh(x) + 1)/2``. DMC: ``[0, action_repeat]`` (per-step rewards lie in
             [0, 1] and are summed over the repeat), i.e. ``[0, 2]`` with the default repeat. The model
             does not know the suite, so Meta-World / gym tasks must set ``reward_bound: null``.
     """
 
+    name: str = "dcwm"
     latent_groups: int = 512
     fsq_levels: list[int] = field(default_factory=lambda: [5, 3])
     enc_mlp_dims: list[int] = field(default_factory=lambda: [256])
@@ -62,15 +55,9 @@ class DCWMConfig:
     consistency_coef: float = 1.0
     reward_coef: float = 1.0
     gumbel_tau: float = 1.0
-    plan_code: str = "expected"
-    code_locality: float | None = None
     reward_bound: list[float] | None = field(default_factory=lambda: [0.0, 2.0])
 
     def __post_init__(self) -> None:
-        def dims_ok(d: list[int]) -> bool:
-            return all(int(x) == x and x >= 1 for x in d)
-
-        rb = self.reward_bound
         checks = {
             "latent_groups": self.latent_groups >= 1,
             "horizon": self.horizon >= 1,
@@ -78,24 +65,21 @@ class DCWMConfig:
             "consistency_coef": self.consistency_coef >= 0,
             "reward_coef": self.reward_coef >= 0,
             "gumbel_tau": self.gumbel_tau > 0,
-            "plan_code": self.plan_code in PLAN_CODES,
-            "code_locality": self.code_locality is None or float(self.code_locality) > 0,
             "enc_mlp_dims": dims_ok(self.enc_mlp_dims),
             "dyn_mlp_dims": dims_ok(self.dyn_mlp_dims),
             "reward_mlp_dims": dims_ok(self.reward_mlp_dims),
-            "reward_bound": rb is None or (len(rb) == 2 and float(rb[0]) < float(rb[1])),
+            "reward_bound": reward_bound_ok(self.reward_bound),
         }
         check_fields(
             self,
             checks,
-            "DCWM hyperparameter",
-            f"horizon >= 1, rho in (0, 1], gumbel_tau > 0, plan_code in {PLAN_CODES}, "
-            "reward_bound null or [lo, hi] with lo < hi, code_locality null or > 0",
+            "DCWM setting",
+            "horizon >= 1, rho in (0, 1], gumbel_tau > 0, reward_bound null or [lo, hi] with lo < hi",
         )
         try:
             FSQ(self.fsq_levels, 1)  # the one place FSQ levels are validated
         except ValueError as e:
-            raise ValueError(f"invalid DCWM hyperparameter fsq_levels={self.fsq_levels!r}: {e}") from e
+            raise ValueError(f"invalid DCWM setting fsq_levels={self.fsq_levels!r}: {e}") from e
 
 
 def gumbel_softmax_st(
@@ -107,7 +91,7 @@ def gumbel_softmax_st(
     ``onehot(argmax y)``, gradient of ``y``. Written as ``onehot + (y − sg(y))`` (not
     ``onehot − sg(y) + y`` as in ``F.gumbel_softmax``) so the forward value is an exact one-hot with
     no rounding residue, and the code it selects from the codebook is exactly a codebook entry.
-    (``u`` via ``rand`` and two logs, not ``exponential_``: the latter is ~3x slower on CPU.)
+    (``u`` via ``rand`` and two logs, not ``exponential_``, which is slower on CPU.)
     """
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
     gumbel = -torch.log(-torch.log(u.clamp_min_(torch.finfo(logits.dtype).tiny)))
@@ -118,11 +102,11 @@ def gumbel_softmax_st(
 
 def _argmax(x: Tensor, dim: int) -> Tensor:
     """``x.argmax(dim, keepdim=True)``, computed over a contiguous last dim: CPU argmax over a middle
-    dim is ~3x slower than moving that dim last first."""
+    dim is slower than moving that dim last first."""
     return x.movedim(dim, -1).contiguous().argmax(-1, keepdim=True).movedim(-1, dim)
 
 
-class DCWorldModel(nn.Module):
+class DCWorldModel(MemorylessWorldModel):
     """Encoder -> FSQ codes; categorical dynamics over each group's codes; reward head.
 
     Shapes: ``obs [N, O]`` -> ``z [N, G*C]`` (flat normalised codes, what every head reads);
@@ -130,10 +114,8 @@ class DCWorldModel(nn.Module):
     ``codebook [K, C]`` (``FSQ.codebook``).
 
     * ``encode(o) = FSQ(e(o))``.
-    * ``next_logits(z, a) = dyn([z ‖ a])`` viewed as ``[K, G]``: one categorical per group (plus, with
-      ``code_locality``, the learned bias ``−β_g ‖e_k − c_g‖²`` towards codes near the current one).
-    * ``next(z, a)`` (planning) = expected code per group, ``Σ_k softmax(ℓ)_k · codebook_k``, or with
-      ``plan_code="mode"`` the most likely code per group, ``codebook_{argmax_k ℓ_k}``.
+    * ``next_logits(z, a) = dyn([z ‖ a])`` viewed as ``[K, G]``: one categorical per group.
+    * ``next(z, a)`` (planning) = expected code per group, ``Σ_k softmax(ℓ)_k · codebook_k``.
     * ``sample_next(z, a)`` (training) = straight-through Gumbel-softmax one-hot times the codebook:
       a codebook entry forward, the soft sample's gradient backward (through time, to the encoder).
     * ``reward(z, a) = R([z ‖ a])``, squashed into ``reward_bound`` when set.
@@ -157,11 +139,7 @@ class DCWorldModel(nn.Module):
         self.encoder = mlp(obs_dim, cfg.enc_mlp_dims, self.latent_dim)
         self.dynamics = mlp(self.latent_dim + action_dim, cfg.dyn_mlp_dims, self.num_codes * self.num_groups)
         self.reward_head = mlp(self.latent_dim + action_dim, cfg.reward_mlp_dims, 1)
-        # β_g = softplus(locality_raw_g), started at code_locality (inverse softplus: log(expm1(β₀))).
-        self.locality_raw: nn.Parameter | None = None
-        if cfg.code_locality is not None:
-            raw = torch.tensor(float(cfg.code_locality)).expm1().log()
-            self.locality_raw = nn.Parameter(raw.expand(self.num_groups).clone())
+        self.window_length = cfg.horizon
         bound = cfg.reward_bound
         self.reward_bound: tuple[float, float] | None = None if bound is None else (float(bound[0]), float(bound[1]))
 
@@ -182,24 +160,12 @@ class DCWorldModel(nn.Module):
     def next_logits(self, z: Tensor, a: Tensor) -> Tensor:
         """Logits ``[N, K, G]`` of the next code of every group (softmax over dim 1).
 
-        Code-major on purpose: softmax over a short (K = 15) *last* dim runs ~10x slower on CPU than
+        Code-major on purpose: softmax over a short (K = 15) *last* dim runs much slower on CPU than
         over a middle dim with a long contiguous inner dim, and planning is mostly these softmaxes.
         Which output unit means which (code, group) is a free choice of the last Linear layer.
         """
         out = self.dynamics(torch.cat([z, a], -1))
-        logits = out.view(*out.shape[:-1], self.num_codes, self.num_groups)
-        if self.locality_raw is not None:
-            logits = logits + self.locality_bias(z)
-        return logits
-
-    def locality_bias(self, z: Tensor) -> Tensor:
-        """``β_g (2 e_k·c_g − ‖e_k‖²)`` as ``[N, K, G]`` (``code_locality``): ``−β_g ‖e_k − c_g‖²`` without the
-        ``‖c_g‖²`` term, which is the same for every code k of a group and so changes no softmax, argmax or
-        cross-entropy."""
-        cb = self.codebook.to(z.dtype)  # [K, C]
-        zg = self.fsq.grouped(z).transpose(-1, -2)  # [N, C, G]
-        closeness = 2.0 * torch.matmul(cb, zg) - cb.pow(2).sum(-1, keepdim=True)  # [N, K, G]
-        return F.softplus(self.locality_raw) * closeness
+        return out.view(*out.shape[:-1], self.num_codes, self.num_groups)
 
     def probs_to_codes(self, weights: Tensor) -> Tensor:
         """Weights over codes ``[N, K, G]`` -> flat codes ``[N, G*C]``: ``Σ_k w[:, k, g] · codebook[k]``."""
@@ -215,22 +181,15 @@ class DCWorldModel(nn.Module):
         """Straight-through Gumbel-softmax code per group (``gumbel_tau``), flattened to ``[N, G*C]``."""
         return self.probs_to_codes(gumbel_softmax_st(logits, self.cfg.gumbel_tau, generator, dim=-2))
 
-    def mode_code(self, logits: Tensor) -> Tensor:
-        """The most likely code per group, ``codebook_{argmax_k ℓ_k}``, flattened to ``[N, G*C]``.
-
-        Built as the one-hot ``ℓ == max_k ℓ`` (a max over the middle dim costs ~1.5 softmaxes on CPU, an
-        argmax ~4); an exact tie between two float logits would average their codes.
-        """
-        return self.probs_to_codes((logits == logits.amax(dim=-2, keepdim=True)).to(logits.dtype))
-
     def next(self, z: Tensor, a: Tensor) -> Tensor:
-        """Planning transition (deterministic): the expected next code, or its mode (``plan_code``)."""
-        logits = self.next_logits(z, a)
-        return self.mode_code(logits) if self.cfg.plan_code == "mode" else self.expected_code(logits)
+        """Planning transition (deterministic): the expected next code."""
+        return self.expected_code(self.next_logits(z, a))
 
     def sample_next(self, z: Tensor, a: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Training transition: a sampled code per group, with straight-through gradients."""
         return self.sample_code(self.next_logits(z, a), generator)
+
+    predicts_reward = True
 
     def reward(self, z: Tensor, a: Tensor) -> Tensor:
         """Predicted reward ``[N]``; ``lo + (hi − lo)(tanh(x) + 1)/2`` when ``reward_bound = [lo, hi]``."""
@@ -247,7 +206,7 @@ class DCWorldModel(nn.Module):
         The replay buffer's windows never cross an episode boundary, so every transition in the
         window is real (a terminal transition can only be the last, and its next observation is the
         true terminal one); no done-mask is needed, and unlike the public code the last transition of
-        each episode is kept (fact sheet §8 fault 9).
+        each episode is kept (the public code drops it).
         """
         cfg = self.cfg
         H = cfg.horizon
@@ -285,3 +244,8 @@ class DCWorldModel(nn.Module):
             "code_acc_h1": acc_first.item(),
         }
         return total, metrics
+
+    @torch.no_grad()
+    def diagnostics(self, obs: Tensor) -> dict[str, float]:
+        """Collapse measures of the codes of ``obs [N, O]`` (rank at three tolerances, code usage)."""
+        return collapse_metrics(self.encode(obs), self.fsq)

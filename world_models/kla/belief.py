@@ -49,6 +49,7 @@ history; keep the dynamics' memory (initial ``Δ`` range) short compared with ``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -57,7 +58,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from common.config import check_fields
+from common.config import check_fields, dims_ok, reward_bound_ok
 from common.nn import mlp
 
 from .scan import BACKENDS, kla_filter
@@ -67,9 +68,10 @@ __all__ = ["Belief", "BeliefFilterOutput", "BeliefState", "KLABeliefConfig", "KL
 
 @dataclass
 class KLABeliefConfig:
-    """Hyperparameters of :class:`KLABeliefWorldModel` (names match the DC-MPC config keys).
+    """Settings of :class:`KLABeliefWorldModel` (``world_model=kla``).
 
     Attributes:
+        name: ``"kla"``, the registry name.
         belief_lanes: L, independent filtered lanes; the latent ``z = [μ ‖ log P]`` has ``2L`` values.
         enc_mlp_dims / dyn_mlp_dims / reward_mlp_dims / dec_mlp_dims: hidden sizes of the observation encoder,
             latent dynamics g, reward head and observation decoder.
@@ -86,6 +88,7 @@ class KLABeliefConfig:
         filter_backend: :func:`world_models.kla.kla_scan` backend (``auto``: Triton on CUDA, else the scan).
     """
 
+    name: str = "kla"
     belief_lanes: int = 256
     enc_mlp_dims: list[int] = field(default_factory=lambda: [256])
     dyn_mlp_dims: list[int] = field(default_factory=lambda: [512, 512])
@@ -106,10 +109,6 @@ class KLABeliefConfig:
     filter_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        def dims_ok(d: list[int]) -> bool:
-            return all(int(x) == x and x >= 1 for x in d)
-
-        rb = self.reward_bound
         checks = {
             "belief_lanes": self.belief_lanes >= 1,
             "enc_mlp_dims": dims_ok(self.enc_mlp_dims),
@@ -126,13 +125,13 @@ class KLABeliefConfig:
             "belief_dt_max": self.belief_dt_max >= self.belief_dt_min,
             "belief_p_init": self.belief_p_init > 0,
             "belief_min_obs_var": self.belief_min_obs_var > 0,
-            "reward_bound": rb is None or (len(rb) == 2 and float(rb[0]) < float(rb[1])),
+            "reward_bound": reward_bound_ok(self.reward_bound),
             "filter_backend": self.filter_backend in BACKENDS,
         }
         check_fields(
             self,
             checks,
-            "KLA belief world-model hyperparameter",
+            "KLA belief world-model setting",
             "belief_lanes, horizon >= 1; burn_in >= 0; rho in (0, 1]; coefficients >= 0; "
             "0 < belief_dt_min <= belief_dt_max; belief_p_init > 0; belief_min_obs_var > 0; "
             f"reward_bound null or [lo, hi] with lo < hi; filter_backend in {BACKENDS}",
@@ -193,8 +192,12 @@ class KLABeliefWorldModel(nn.Module):
     """Observation encoder -> KLA-filtered belief ``z = [μ ‖ log P]``; latent dynamics, reward, decoder.
 
     See the module docstring for the equations. Shapes: ``obs [B, T, O]`` -> belief ``[B, T, L]`` and
-    ``z [B, T, 2L]``; one-step methods take ``z [N, 2L]``, ``a [N, A]``.
+    ``z [B, T, 2L]``; one-step methods take ``z [N, 2L]``, ``a [N, A]``. Implements
+    :class:`world_models.base.WorldModel`: ``observe`` filters one step into the carried :class:`BeliefState`,
+    windows spend ``burn_in`` transitions building the belief (``window_offset``).
     """
+
+    predicts_reward = True
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: KLABeliefConfig) -> None:
         super().__init__()
@@ -210,9 +213,11 @@ class KLABeliefWorldModel(nn.Module):
         self.decoder = mlp(self.latent_dim, cfg.dec_mlp_dims, obs_dim)
         bound = cfg.reward_bound
         self.reward_bound: tuple[float, float] | None = None if bound is None else (float(bound[0]), float(bound[1]))
+        self.window_offset = cfg.burn_in
+        self.window_length = cfg.burn_in + cfg.horizon
 
     # ------------------------------------------------------------------ filter
-    def observe(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def measure(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """``obs [..., O]`` -> observed values ``v`` and precisions ``Λ``, each ``[..., L]``.
 
         A row with any NaN is a missing observation: its ``v`` is NaN (``kla_filter`` then skips the update)
@@ -237,7 +242,7 @@ class KLABeliefWorldModel(nn.Module):
         """Filter ``obs [B, T, O]`` from ``state`` (default: the prior ``λ = 1, η = 0``)."""
         if obs.dim() != 3 or obs.shape[-1] != self.obs_dim:
             raise ValueError(f"obs must be [B, T, {self.obs_dim}], got {tuple(obs.shape)}")
-        v, precision = self.observe(obs)
+        v, precision = self.measure(obs)
         a, p = self.transition()
         a, p = a.to(v.dtype), p.to(v.dtype)
         keys = torch.ones(*v.shape[:2], 1, dtype=v.dtype, device=v.device)  # lane l observes v[l] directly
@@ -250,16 +255,21 @@ class KLABeliefWorldModel(nn.Module):
         belief = Belief(f.mean.squeeze(-1), f.var.squeeze(-1))
         return BeliefFilterOutput(belief, self.latent(belief), BeliefState(f.lam[:, -1, :, 0], f.eta[:, -1, :, 0]))
 
-    def step(self, obs: Tensor, state: BeliefState | None) -> tuple[Tensor, BeliefState]:
+    def observe(self, obs: Tensor, state: BeliefState | None = None) -> tuple[Tensor, BeliefState]:
         """Online update with one observation per row, ``obs [B, O]`` -> ``(z [B, 2L], new state)``; O(1)."""
         out = self.filter(obs.unsqueeze(1), state)
         return out.z[:, 0], out.state
 
     def encode(self, obs: Tensor) -> Tensor:
         """Latent of a belief built from one observation ``[N, O]`` and the prior (an episode's first step)."""
-        return self.step(obs, None)[0]
+        return self.observe(obs, None)[0]
 
-    def window_latents(self, obs: Tensor, count: int, random_start: bool | None = None) -> tuple[Tensor, Belief]:
+    def window_latents(self, obs: Tensor, positions: Sequence[int]) -> Tensor:
+        """Beliefs ``z [B, len(positions), 2L]`` at window positions ``burn_in + p`` (random burn-in starts)."""
+        positions = list(positions)
+        return self.filtered_window(obs, max(positions) + 1)[0][:, positions]
+
+    def filtered_window(self, obs: Tensor, count: int, random_start: bool | None = None) -> tuple[Tensor, Belief]:
         """Latents at window positions ``burn_in .. burn_in + count − 1`` of ``obs [B, T, O]``.
 
         With ``random_start`` (default ``cfg.random_burn_in``) row ``b``'s filter starts at offset
@@ -309,6 +319,9 @@ class KLABeliefWorldModel(nn.Module):
         """``[N]``: mean over lanes of the predicted next belief variance ``exp(ĝ_logvar(z, a))``."""
         return self.next(z, a)[..., self.lanes :].exp().mean(-1)
 
+    def after_update(self) -> None:
+        pass
+
     # ------------------------------------------------------------------ loss
     def loss(self, batch: TensorDict) -> tuple[Tensor, dict[str, float]]:
         """World-model loss (module docstring) on windows: obs ``[B, ≥ burn_in+H+1, O]``, action and reward
@@ -321,7 +334,7 @@ class KLABeliefWorldModel(nn.Module):
                 f"KLA belief loss needs windows of >= burn_in + horizon = {b0 + H} transitions, "
                 f"got obs shape {tuple(obs.shape)}"
             )
-        zs, belief = self.window_latents(obs, H + 1)
+        zs, belief = self.filtered_window(obs, H + 1)
         targets = zs[:, 1:].detach()  # stop-grad filtered beliefs of the real next observations
         z = zs[:, 0]
         total = obs.new_zeros(())
@@ -349,7 +362,7 @@ class KLABeliefWorldModel(nn.Module):
     @torch.no_grad()
     def diagnostics(self, obs: Tensor) -> dict[str, float]:
         """Belief statistics on single observations ``[N, O]``: mean variance and precision, mean ``ā``."""
-        _, precision = self.observe(obs)
+        _, precision = self.measure(obs)
         a_bar, p_bar = self.transition()
         belief = self.split(self.encode(obs))
         return {

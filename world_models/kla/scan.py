@@ -4,7 +4,7 @@ The per-lane filter (see :mod:`world_models.kla.reference` for the step equation
 
 1. **Precision (Moebius) scan.**  predict + update is the fractional-linear map
    ``lam_t = (A lam_{t-1} + B) / (C lam_{t-1} + D)`` with leaf ``[[1 + p phi_t, a^2 phi_t], [p, a^2]]``
-   (the fact sheet's leaf times ``a^2``, a positive rescale the projective action ignores; it keeps the leaf
+   (the textbook leaf times ``a^2``, a positive rescale the projective action ignores; it keeps the leaf
    entries O(1) even for tiny ``a``).  Leaves compose by matrix product, later on the left:
    ``combine(X, Y) = Y X / tr(Y X)``.  Trace normalisation keeps the products finite
    (``det`` of an unnormalised product is ``a^(2L)``) without changing the action, so associativity is exact.
@@ -16,7 +16,7 @@ The per-lane filter (see :mod:`world_models.kla.reference` for the step equation
 :func:`kla_scan_torch` runs them chunked: inside chunks of ~sqrt(L) steps sequentially (all chunks at once),
 across chunks with :func:`associative_scan`, a work-efficient odd/even (Blelloch-style) recursion with O(L)
 combines and O(log L) depth for any length; ``chunk=1`` makes the whole computation one log-depth scan.  The
-chunked form does ~3x less arithmetic than a pure tree scan, which matters on CPUs.  Everything is ordinary
+chunked form does less arithmetic than a pure tree scan, which matters on CPUs.  Everything is ordinary
 PyTorch, so autograd differentiates it and it runs on any device and dtype.
 """
 

@@ -1,4 +1,4 @@
-"""FSQ against the hand-computed table of the FSQ paper's formulas (fact sheet, iQRL §1)."""
+"""FSQ against the hand-computed table of the FSQ paper's formulas (the iQRL paper's FSQ equations)."""
 
 import pytest
 import torch

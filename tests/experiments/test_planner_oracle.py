@@ -1,12 +1,13 @@
-"""benchmarks/planner_oracle.py: the simulator-scored J must equal an independent replay of the same actions
-in a second environment, and scoring candidates must leave the episode's physics exactly where it was."""
+"""training/planner_oracle.py (the oracle of benchmarks/planner_oracle.py): the simulator-scored J must equal an
+independent replay of the same actions in a second environment, and scoring candidates must leave the episode's
+physics exactly where it was."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from benchmarks.planner_oracle import real_value_estimator
+from experiments.planner_oracle import real_value_estimator
 from training.setup import build_agent, build_env, compose_config
 
 

@@ -1,7 +1,8 @@
 """Tests for world_models/contextual.py: the context encoder is permutation invariant (mean and attention
-pooling, with padding masks, float64-exact up to rounding), and training the contextual latent world model on
-tiny real datasets makes its task representation separate tasks: by reward (cheetah_vel) and by dynamics alone
-(walker_mass with the reward loss switched off), against a control whose contexts come from other tasks."""
+pooling, with padding masks, float64-exact up to rounding); the contextual world model is a
+world_models.WorldModel built by the registry (planning latent [h || z]); and training it on tiny real datasets
+makes its task representation separate tasks: by reward (cheetah_vel) and by dynamics alone (walker_mass with the
+reward loss switched off), against a control whose contexts come from other tasks."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-import benchmarks.offline_meta as offline_meta
+from envs.toy_datasets import make_toy_dataset
 from training.offline import TaskSampler, load_any_dataset
+from world_models import WorldModel, make_world_model, world_model_config
 from world_models.contextual import ContextEncoder, ContextEncoderConfig, ContextualWMConfig, ContextualWorldModel
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,6 +73,45 @@ def test_context_encoder_rejects_wrong_feature_width():
 
 
 # ---------------------------------------------------------------------------------------------------
+# the WorldModel view
+
+
+def test_contextual_model_is_a_world_model_whose_latent_carries_the_task():
+    cfg = world_model_config(
+        {"name": "contextual", "latent_dim": 16, "enc_mlp_dims": [16], "dyn_mlp_dims": [16], "reward_mlp_dims": [16]}
+    )
+    with pytest.raises(ValueError, match=r"world_model: .*'rho'"):
+        world_model_config({"name": "contextual", "rho": 0.0})
+    torch.manual_seed(0)
+    wm = make_world_model(cfg, 5, 2, context=ContextEncoderConfig(z_dim=3, ctx_mlp_dims=[8]), num_tasks=4)
+    assert isinstance(wm, ContextualWorldModel) and isinstance(wm, WorldModel)
+    assert wm.latent_dim == 16 + 3 and wm.predicts_reward and wm.window_offset == 0 and wm.window_length == 5
+    g = torch.Generator().manual_seed(1)
+    obs, a, task = torch.randn(4, 5, generator=g), torch.rand(4, 2, generator=g) * 2 - 1, torch.rand(4, 3, generator=g)
+    with torch.no_grad():
+        x, state = wm.observe(obs, task)
+        assert state is task and torch.equal(x, torch.cat([wm.encode(obs), task], -1))
+        prior, none = wm.observe(obs)
+        assert none is None and torch.equal(prior[:, 16:], torch.zeros(4, 3))  # no context yet: the prior z = 0
+        x1 = wm.next(x, a)
+        torch.testing.assert_close(x1[:, :16], wm.step(wm.encode(obs), a, task))
+        assert torch.equal(x1[:, 16:], task), "the task rides along the planning rollout"
+        torch.testing.assert_close(wm.reward(x, a), wm.task_reward(wm.encode(obs), a, task))
+        assert not torch.allclose(wm.reward(x, a), wm.reward(prior, a)), "the reward depends on the task"
+        windows = torch.randn(4, 6, 5, generator=g)
+        z = wm.window_latents(windows, [0, 2], task)
+        assert z.shape == (4, 2, 19) and torch.equal(z[:, 1, 16:], task)
+        torch.testing.assert_close(z[:, 1, :16], wm.encode(windows[:, 2]))
+    assert wm.uncertainty(x, a) is None and set(wm.diagnostics(obs)) == {"latent_std"}
+    before = [p.clone() for p in wm.target_encoder.parameters()]
+    with torch.no_grad():
+        for p in wm.encoder.parameters():
+            p.add_(1.0)
+    wm.after_update()  # the EMA target follows the online encoder
+    assert all(not torch.equal(b, p) for b, p in zip(before, wm.target_encoder.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------------
 # training on tiny real datasets
 
 
@@ -124,16 +165,17 @@ def _train_world_model(path: Path, steps: int, *, reward_coef: float, shuffle_co
     torch.manual_seed(0)
     ds = load_any_dataset(path)
     cfg = ContextualWMConfig(
-        z_dim=8, ctx_mlp_dims=[64, 64], latent_dim=32, enc_mlp_dims=[64], dyn_mlp_dims=[64, 64],
-        reward_mlp_dims=[64, 64], horizon=3, wm_lr=1e-3, proto_coef=0.0, reward_coef=reward_coef,
+        latent_dim=32, enc_mlp_dims=[64], dyn_mlp_dims=[64, 64], reward_mlp_dims=[64, 64], horizon=3, proto_coef=0.0,
+        reward_coef=reward_coef,
     )  # fmt: skip
-    wm = ContextualWorldModel(ds.obs_dim, ds.action_dim, cfg, num_tasks=64)
+    context = ContextEncoderConfig(z_dim=8, ctx_mlp_dims=[64, 64])
+    wm = ContextualWorldModel(ds.obs_dim, ds.action_dim, cfg, context=context, num_tasks=64)
     sampler = TaskSampler(
         ds, horizon=3, tasks_per_batch=4, batch_size=32, contexts_per_task=2, context_size=16,
         context_source="task", seed=0,
     )  # fmt: skip
     stats = [torch.as_tensor(x) for x in sampler.stats()]
-    opt = torch.optim.AdamW([p for n, p in wm.named_parameters() if not n.startswith("target")], lr=cfg.wm_lr)
+    opt = torch.optim.AdamW([p for n, p in wm.named_parameters() if not n.startswith("target")], lr=1e-3)
     before = _separation(wm, sampler, stats)
     losses = []
     for _ in range(steps):
@@ -149,11 +191,11 @@ def _train_world_model(path: Path, steps: int, *, reward_coef: float, shuffle_co
     return before, _separation(wm, sampler, stats), losses
 
 
+@pytest.mark.slow
 def test_world_model_representation_separates_tasks_by_reward(tmp_path):
     """cheetah_vel tasks share dynamics and differ in reward: z must learn the target velocity."""
-    bench = offline_meta
     tasks = ["cheetah_vel/train-0", "cheetah_vel/train-6", "cheetah_vel/train-13", "cheetah_vel/train-19"]
-    bench.make_toy_dataset(tmp_path, family="cheetah_vel", tasks=tasks, episodes_per_policy=2, max_episode_steps=200)
+    make_toy_dataset(tmp_path, family="cheetah_vel", tasks=tasks, episodes_per_policy=2, max_episode_steps=200)
     (acc0, sep0), (acc1, sep1), losses = _train_world_model(tmp_path, 400, reward_coef=1.0)
     assert acc1 >= 0.9, f"nearest-centroid task accuracy {acc1:.2f} (before training {acc0:.2f}, chance 0.25)"
     assert sep1 >= 10 * sep0, f"between/within-task spread of z {sep1:.2f}, before training {sep0:.2f}"
@@ -162,11 +204,11 @@ def test_world_model_representation_separates_tasks_by_reward(tmp_path):
     assert last < 0.5 * first, f"reward loss {first:.3f} -> {last:.3f}"
 
 
+@pytest.mark.slow
 def test_world_model_representation_captures_dynamics(tmp_path):
     """walker_mass tasks (mass x0.44 vs x2.25), reward loss off: only predicting the latent dynamics shapes z."""
-    bench = offline_meta
     tasks = ["walker_mass/test-0", "walker_mass/test-19"]
-    bench.make_toy_dataset(tmp_path, family="walker_mass", tasks=tasks, episodes_per_policy=2, max_episode_steps=200)
+    make_toy_dataset(tmp_path, family="walker_mass", tasks=tasks, episodes_per_policy=2, max_episode_steps=200)
     (_, sep0), (acc, sep), _ = _train_world_model(tmp_path, 300, reward_coef=0.0)
     (_, _), (_, sep_control), _ = _train_world_model(tmp_path, 300, reward_coef=0.0, shuffle_contexts=True)
     assert acc >= 0.95

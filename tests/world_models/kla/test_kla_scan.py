@@ -68,7 +68,7 @@ def textbook_kf(y, rho, h, a, p, mu0, P0):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Worked example (fact sheet section 6)
+# Worked example, solved by hand
 # ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["reference", "scan"])
 def test_worked_example(backend):
@@ -83,7 +83,7 @@ def test_worked_example(backend):
 
 
 def test_worked_example_leaf_products():
-    # fact sheet leaves (unscaled): M1 = [[5,1],[1,1]], M2 = [[6,2],[1,1]]; M2 M1 = [[32,8],[6,2]], lam_2 = 5.
+    # textbook leaves (unscaled): M1 = [[5,1],[1,1]], M2 = [[6,2],[1,1]]; M2 M1 = [[32,8],[6,2]], lam_2 = 5.
     m1 = tuple(torch.tensor([x], dtype=F64) for x in (5.0, 1.0, 1.0, 1.0))
     m2 = tuple(torch.tensor([x], dtype=F64) for x in (6.0, 2.0, 1.0, 1.0))
     pa, pb, pc, pd = _mobius_combine(m1, m2)

@@ -1,7 +1,8 @@
 """Tests for envs/changing.py and agents/offline_to_online.py: per-reset (and mid-episode) re-drawn dynamics that
 really change the physics, deterministically by seed; the residual starting as the offline policy; the rolling
-context window; exact resume through the shared trainer; clear errors for a bad base checkpoint; and online
-adaptation that beats the frozen offline policy on changed dynamics.
+context window; exact resume through the shared trainer; self-contained checkpoints (eval.py and resume after the
+base run is gone); clear errors for a bad base checkpoint; and online adaptation that beats the frozen offline
+policy on changed dynamics.
 
 Two base policies: a real offline meta-RL run (``run_offline`` on a toy walker_param dataset, the checkpoint
 format ``experiment=offline_meta`` writes) for the plumbing tests, and for the adaptation test a TD3+BC policy
@@ -14,6 +15,7 @@ controller overshoots and oscillates at ``g = 3`` and is sluggish at ``g = 0.25`
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -24,20 +26,20 @@ from conftest import run_script
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
-import benchmarks.offline_meta as offline_meta
 import envs.changing as changing
 import envs.task_families as task_families
 import train as train_script
-from agents import make_agent
+from agents import agent_config, make_agent
 from agents.meta_rl import MetaRLAgent, MetaRLConfig
 from agents.offline_to_online import OfflineToOnlineAgent, OfflineToOnlineConfig
 from common.config import build_config
 from envs import EnvConfig, make_env
+from envs.toy_datasets import make_toy_dataset
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.evaluation import evaluate
 from training.offline import run_offline
-from training.setup import compose_config
-from training.trainer import Trainer
+from training.seeds import EVAL_ENV_SEED_OFFSET, EVAL_EPISODE_SEED_OFFSET
+from training.setup import build_agent, compose_config, load_offline_base
 
 # ---------------------------------------------------------------------------------------------------
 # a cheap changing-gain family (registered for this test module)
@@ -106,8 +108,13 @@ def gain_base_checkpoint(run_dir: Path, seed: int = 0, updates: int = 1500) -> P
     """A TD3+BC policy (meta_rl, representation none) trained on nominal-gain data, saved like an offline run."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    hp = {"representation": "none", "entropy_coef": 0.0, "mlp_dims": [64, 64], "num_critics": 2, "batch_size": 256}
-    agent = MetaRLAgent(1, 1, build_config(MetaRLConfig, hp, "test"), torch.device("cpu"))
+    hp = {
+        "representation": "none",
+        "task_loss": {"entropy_coef": 0.0},
+        "actor_critic": {"mlp_dims": [64, 64], "num_critics": 2},
+        "optim": {"batch_size": 256},
+    }
+    agent = MetaRLAgent(1, 1, build_config(MetaRLConfig, hp, "agent"), torch.device("cpu"))
     n = 20_000
     x = rng.uniform(-2, 2, n)
     g = rng.choice(GAINS[1:6], n)  # the offline tasks: gains near 1
@@ -118,7 +125,7 @@ def gain_base_checkpoint(run_dir: Path, seed: int = 0, updates: int = 1500) -> P
     for _ in range(updates):
         i = torch.as_tensor(rng.integers(0, n, 256))
         agent.td3.update(t(x)[i, None], t(a)[i, None], -t(np.abs(x2))[i], torch.full((256,), 0.9), t(x2)[i, None])
-    config = OmegaConf.to_yaml({"agent": {"name": "meta_rl", "hparams": dataclasses.asdict(agent.cfg)}})
+    config = OmegaConf.to_yaml({"agent": {"name": "meta_rl", **dataclasses.asdict(agent.cfg)}})
     save_checkpoint(run_dir, updates, {"agent": agent.state_dict()}, config)
     return run_dir
 
@@ -127,14 +134,14 @@ def gain_base_checkpoint(run_dir: Path, seed: int = 0, updates: int = 1500) -> P
 def walker_base(tmp_path_factory) -> Path:
     """A real (tiny) `experiment=offline_meta` run on walker_param data: the checkpoint format users pass."""
     root = tmp_path_factory.mktemp("walker_base")
-    offline_meta.make_toy_dataset(
+    make_toy_dataset(
         root / "data", family="walker_param", tasks=2, episodes_per_policy=1, max_episode_steps=100,
         deterministic="linear", policy_seed=0, policy_gain=0.3,
     )  # fmt: skip
     args = [
         "experiment=offline_meta", f"dataset={root / 'data'}", f"run_dir={root / 'run'}", "agent.size=small",
-        "agent.hparams.mlp_dims=[32,32]", "agent.hparams.ctx_mlp_dims=[32]", "agent.hparams.entropy_coef=0",
-        "agent.hparams.batch_size=16", "agent.hparams.tasks_per_batch=2", "agent.hparams.context_size=8",
+        "agent.actor_critic.mlp_dims=[32,32]", "agent.context.ctx_mlp_dims=[32]", "agent.task_loss.entropy_coef=0",
+        "agent.optim.batch_size=16", "agent.sampling.tasks_per_batch=2", "agent.sampling.context_size=8",
         "offline.steps=20", "offline.eval_every=20", "offline.checkpoint_every=20", "offline.eval_initial=false",
         "offline.eval_max_tasks=1", "env_settings.max_episode_steps=40", "offline.progress_bar=false",
         "wandb.mode=disabled", "threads=1",
@@ -146,14 +153,14 @@ def walker_base(tmp_path_factory) -> Path:
 def online_args(base: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "experiment=offline_to_online",
-        f"agent.hparams.base_checkpoint={base}",
+        f"agent.base_checkpoint={base}",
         f"run_dir={run_dir}",
         "agent.size=small",
-        "agent.hparams.mlp_dims=[32,32]",
-        "agent.hparams.ctx_mlp_dims=[32]",
-        "agent.hparams.decoder_mlp_dims=[32]",
-        "agent.hparams.batch_size=16",
-        "agent.hparams.context_size=4",
+        "agent.actor_critic.mlp_dims=[32,32]",
+        "agent.context.ctx_mlp_dims=[32]",
+        "agent.context.decoder_mlp_dims=[32]",
+        "agent.optim.batch_size=16",
+        "agent.context.context_size=4",
         "env_settings.max_episode_steps=60",  # 30 decisions
         "trainer.eval_episodes=1",
         "trainer.progress_bar=false",
@@ -259,24 +266,31 @@ def test_env_changes_mid_episode_every_n_steps():
 
 
 def test_config_and_bad_base_checkpoint_errors(tmp_path, walker_base):
-    with pytest.raises(ValueError, match="base_checkpoint"):
-        build_config(OfflineToOnlineConfig, {}, "configs/agent/offline_to_online.yaml")
-    for key, value in [("mode", "distill"), ("residual_scale", 0.0), ("use_next_obs", False)]:
-        with pytest.raises(ValueError, match=key):
-            build_config(OfflineToOnlineConfig, {"base_checkpoint": "x", key: value}, "test")
+    for key, value, where in [
+        ("mode", "distill", r"agent: .*'mode'"),
+        ("residual", {"scale": 0.0}, r"agent\.residual: .*'scale'"),
+        ("context", {"use_next_obs": False}, r"agent\.context: .*'use_next_obs'"),
+        ("actor_critic", {"nstep": 3}, r"agent: .*'actor_critic\.nstep'"),
+    ]:
+        with pytest.raises(ValueError, match=where):
+            build_config(OfflineToOnlineConfig, {key: value}, "agent")
+    cpu = torch.device("cpu")
     missing = tmp_path / "no_such_run"
     with pytest.raises(CheckpointError, match=str(missing)):
-        make_agent("offline_to_online", 24, 6, {"base_checkpoint": str(missing)}, torch.device("cpu"))
+        load_offline_base(missing, 24, 6, cpu)
     with pytest.raises(CheckpointError, match="obs_dim=5"):  # a base trained on another family
-        make_agent("offline_to_online", 5, 6, {"base_checkpoint": str(walker_base)}, torch.device("cpu"))
+        load_offline_base(walker_base, 5, 6, cpu)
+    base = load_offline_base(walker_base, 24, 6, cpu)
+    with pytest.raises(ValueError, match="obs_dim=24.*obs_dim=5"):  # the agent checks what it is handed too
+        make_agent("offline_to_online", 5, 6, OfflineToOnlineConfig(), cpu, base=base)
     # not an offline meta-RL run: the config file is named
     ck = load_checkpoint(walker_base)
     other = tmp_path / "iqrl_run"
     save_checkpoint(other, 1, ck.state, ck.config_yaml.replace("name: meta_rl", "name: iqrl"))
     with pytest.raises(CheckpointError, match=r"config.yaml.*agent=meta_rl"):
-        make_agent("offline_to_online", 24, 6, {"base_checkpoint": str(other)}, torch.device("cpu"))
+        load_offline_base(other, 24, 6, cpu)
     # through train.py: exit code 2 and the path in the message, before any training
-    res = run_script("train.py", ["experiment=offline_to_online", f"agent.hparams.base_checkpoint={missing}"])
+    res = run_script("train.py", ["experiment=offline_to_online", f"agent.base_checkpoint={missing}"])
     assert res.returncode == 2 and str(missing) in res.stderr, res.stderr
     res = run_script("train.py", ["experiment=offline_to_online", f"run_dir={tmp_path / 'r'}"])
     assert res.returncode == 2 and "base_checkpoint" in res.stderr, res.stderr
@@ -284,12 +298,16 @@ def test_config_and_bad_base_checkpoint_errors(tmp_path, walker_base):
 
 def test_residual_starts_as_the_offline_policy_and_context_resets(walker_base):
     ck = load_checkpoint(walker_base)  # the offline agent, rebuilt independently of the code under test
-    hp = OmegaConf.create(ck.config_yaml).agent.hparams
-    offline = MetaRLAgent(24, 6, build_config(MetaRLConfig, OmegaConf.to_container(hp), "test"), torch.device("cpu"))
+    saved = OmegaConf.to_container(OmegaConf.create(ck.config_yaml), resolve=True)
+    hp = {k: v for k, v in saved["agent"].items() if k not in ("name", "size")}
+    offline = MetaRLAgent(24, 6, build_config(MetaRLConfig, hp, "agent"), torch.device("cpu"))
     offline.load_state_dict(ck.state["agent"])
     torch.manual_seed(0)
-    hp = {"base_checkpoint": str(walker_base), "context_size": 4, "z_dim": 8, "mlp_dims": [32, 32]}
-    agent = make_agent("offline_to_online", 24, 6, hp, torch.device("cpu"))
+    hp = {"context": {"context_size": 4, "z_dim": 8}, "actor_critic": {"mlp_dims": [32, 32]}}
+    base = load_offline_base(walker_base, 24, 6, torch.device("cpu"))
+    agent = make_agent(
+        "offline_to_online", 24, 6, agent_config("offline_to_online", hp), torch.device("cpu"), base=base
+    )
     assert isinstance(agent, OfflineToOnlineAgent) and agent.sample_horizon == 5
     env = make_env(EnvConfig("changing/walker_param", seed=0, max_episode_steps=40))
     K, T = 4, 9
@@ -349,8 +367,15 @@ def _changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize("finetune_base", [False, True])
 def test_base_actor_is_frozen_unless_asked(walker_base, finetune_base):
-    hp = {"base_checkpoint": str(walker_base), "context_size": 3, "z_dim": 4, "mlp_dims": [16, 16]}
-    agent = make_agent("offline_to_online", 24, 6, {**hp, "finetune_base": finetune_base}, torch.device("cpu"))
+    hp = {
+        "context": {"context_size": 3, "z_dim": 4},
+        "actor_critic": {"mlp_dims": [16, 16]},
+        "residual": {"finetune_base": finetune_base},
+    }
+    cpu = torch.device("cpu")
+    base = load_offline_base(walker_base, 24, 6, cpu)
+    agent = make_agent("offline_to_online", 24, 6, agent_config("offline_to_online", hp), cpu, base=base)
+    assert all(p.requires_grad == finetune_base for p in agent.td3.actor.base.parameters())
     base = {k: v.clone() for k, v in agent.td3.actor.base.state_dict().items()}
     residual = {k: v.clone() for k, v in agent.td3.actor.residual.state_dict().items()}
     encoder = {k: v.clone() for k, v in agent.encoder.state_dict().items()}
@@ -363,7 +388,7 @@ def test_base_actor_is_frozen_unless_asked(walker_base, finetune_base):
 
 @pytest.mark.parametrize("mode", ["residual", "finetune"])
 def test_resume_through_the_shared_trainer_matches_an_uninterrupted_run(walker_base, tmp_path, mode):
-    common = ("trainer.eval_every=1000", "trainer.checkpoint_every=60", f"agent.hparams.mode={mode}")
+    common = ("trainer.eval_every=1000", "trainer.checkpoint_every=60", f"agent.mode={mode}")
     straight = tmp_path / "straight"
     train_script.run(compose_config(online_args(walker_base, straight, "trainer.steps=180", *common)))
     split = tmp_path / "split"
@@ -381,30 +406,65 @@ def test_resume_through_the_shared_trainer_matches_an_uninterrupted_run(walker_b
         assert torch.equal(nets_a[k], nets_b[k]), f"weights differ after resume: {k}"
 
 
+@pytest.mark.parametrize("mode", ["residual", "finetune"])
+def test_checkpoints_carry_the_base_policy_so_eval_and_resume_work_without_the_base_run(walker_base, tmp_path, mode):
+    import eval as eval_script
+
+    base = tmp_path / "base"
+    shutil.copytree(walker_base, base)
+    run = tmp_path / "online"
+    common = ("trainer.eval_every=1000", "trainer.checkpoint_every=60", f"agent.mode={mode}", "trainer.video=none")
+    train_script.run(compose_config(online_args(base, run, "trainer.steps=120", *common)))
+    ck, offline = load_checkpoint(run), load_checkpoint(base)
+    assert ck.state["agent"]["base"]["config"]["representation"] == "context"  # the base's own config
+    actor = "td3.actor.base.actor.0.weight" if mode == "residual" else "td3.actor.0.weight"
+    if mode == "residual":  # the frozen base policy's weights, unchanged by the online phase
+        assert torch.equal(ck.state["agent"]["nets"][actor], offline.state["agent"]["nets"]["td3.actor.0.weight"])
+    assert torch.equal(ck.state["agent"]["nets"]["norm.obs_mean"], offline.state["agent"]["nets"]["norm.obs_mean"])
+    evaluation = [f"checkpoint={run}", "episodes=2", "video=false", "device=cpu", "threads=1"]
+    before = eval_script.run(compose_config(evaluation, config_name="eval"))
+    shutil.move(base, tmp_path / "moved")
+    shutil.rmtree(tmp_path / "moved")
+    assert not base.exists()
+    assert eval_script.run(compose_config(evaluation, config_name="eval")) == before
+    res = run_script("eval.py", evaluation, timeout=240)
+    assert res.returncode == 0 and "mean" in res.stdout, res.stderr[-3000:]
+    res = run_script("train.py", [f"resume={run}", "trainer.steps=180"], timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "at env step 120" in res.stdout
+    resumed = load_checkpoint(run)
+    assert resumed.step == 180 and resumed.state["agent"]["num_updates"] > ck.state["agent"]["num_updates"]
+    if mode == "residual":
+        assert torch.equal(resumed.state["agent"]["nets"][actor], ck.state["agent"]["nets"][actor])
+
+
 # ---------------------------------------------------------------------------------------------------
 # adaptation
 
 
+@pytest.mark.slow
 def test_residual_adapts_to_changed_dynamics_beyond_the_frozen_offline_policy(tmp_path, toy_gain_family):
     """Online phase on changing/toy_gain-test (g in {0.25, 3} per reset) through the shared trainer."""
     base = gain_base_checkpoint(tmp_path / "base")
     steps, seed = 2000, 1
     args = [
-        "experiment=offline_to_online", f"agent.hparams.base_checkpoint={base}", f"run_dir={tmp_path / 'online'}",
+        "experiment=offline_to_online", f"agent.base_checkpoint={base}", f"run_dir={tmp_path / 'online'}",
         "env=changing/toy_gain-test", "env_settings.action_repeat=1", "env_settings.max_episode_steps=40",
-        "agent.size=small", "agent.hparams.mlp_dims=[64,64]",
-        "agent.hparams.ctx_mlp_dims=[32,32]", "agent.hparams.decoder_mlp_dims=[32,32]",
-        "agent.hparams.context_size=4", "agent.hparams.residual_scale=1.0", "agent.hparams.batch_size=64",
-        "agent.hparams.explore_std_start=0.2", "agent.hparams.explore_std_end=0.2", f"trainer.steps={steps}",
+        "agent.size=small", "agent.actor_critic.mlp_dims=[64,64]",
+        "agent.context.ctx_mlp_dims=[32,32]", "agent.context.decoder_mlp_dims=[32,32]",
+        "agent.context.context_size=4", "agent.residual.scale=1.0", "agent.optim.batch_size=64",
+        "agent.exploration.std_start=0.2", "agent.exploration.std_end=0.2", f"trainer.steps={steps}",
         f"trainer.eval_every={steps}", f"trainer.checkpoint_every={steps}", "trainer.eval_episodes=20",
         "trainer.progress_bar=false", "buffer.capacity=10000", "wandb.mode=disabled", "threads=1", f"seed={seed}",
     ]  # fmt: skip
     cfg = compose_config(args)
     # the frozen offline policy on exactly the trainer's evaluation episodes (same seeds -> same tasks and starts)
-    frozen = make_agent("offline_to_online", 1, 1, OmegaConf.to_container(cfg.agent.hparams), torch.device("cpu"))
-    env = make_env(EnvConfig("changing/toy_gain-test", seed=seed + 10_000, action_repeat=1, max_episode_steps=40))
+    env = make_env(
+        EnvConfig("changing/toy_gain-test", seed=seed + EVAL_ENV_SEED_OFFSET, action_repeat=1, max_episode_steps=40)
+    )
     try:
-        before = evaluate(frozen, env, episodes=20, seed=seed + Trainer.EVAL_SEED_OFFSET, episode_index=0, step=0)
+        frozen = build_agent(cfg, env, torch.device("cpu"))
+        before = evaluate(frozen, env, episodes=20, seed=seed + EVAL_EPISODE_SEED_OFFSET, episode_index=0, step=0)
     finally:
         env.close()
     after = train_script.run(cfg)

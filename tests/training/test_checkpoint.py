@@ -91,3 +91,16 @@ def test_missing_and_malformed(tmp_path):
     (p / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_checkpoint_of_an_older_format_is_refused_saying_so(tmp_path):
+    p = save_checkpoint(tmp_path, 100, _state(), "agent:\n  hparams: {}\n")
+    manifest = json.loads((p / "manifest.json").read_text())
+    manifest["format"] = 1  # what every checkpoint written before the config redesign holds
+    (p / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"format 1, this version reads 2 \(written before the config redesign"):
+        load_checkpoint(tmp_path)
+    manifest["format"] = 99
+    (p / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"format 99, this version reads 2$"):
+        load_checkpoint(tmp_path)

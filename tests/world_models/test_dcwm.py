@@ -134,65 +134,6 @@ def test_expected_code_is_softmax_weighted_codebook_by_hand():
     assert torch.equal(wm.next(z, a), wm.next(z, a))
 
 
-def test_mode_code_is_the_most_likely_codebook_entry_by_hand():
-    torch.manual_seed(0)
-    wm = DCWorldModel(OBS, ACT, small_cfg(plan_code="mode"))
-    z, a = wm.encode(torch.randn(4, OBS)), torch.rand(4, ACT) * 2 - 1
-    with torch.no_grad():
-        logits = wm.next_logits(z, a)
-        out = wm.next(z, a).view(4, 8, 2)
-        expected = wm.expected_code(logits).view(4, 8, 2)
-    for n in range(4):
-        for g in range(8):
-            best = max(range(15), key=lambda k: logits[n, k, g].item())
-            assert torch.equal(out[n, g], wm.codebook[best])  # exactly a codebook entry
-    # it is the argmax, not the average: the two differ wherever a group is uncertain
-    assert not torch.allclose(out, expected, atol=1e-3)
-    # the default plans over expected codes
-    wm.cfg.plan_code = "expected"
-    torch.testing.assert_close(wm.next(z, a).view(4, 8, 2), expected)
-
-
-def test_code_locality_bias_is_minus_beta_squared_distance_by_hand():
-    torch.manual_seed(0)
-    wm = DCWorldModel(OBS, ACT, small_cfg(code_locality=3.0))
-    with torch.no_grad():
-        wm.locality_raw.copy_(torch.linspace(-1.0, 2.0, 8))  # a different β per group
-    beta = torch.nn.functional.softplus(wm.locality_raw.detach())
-    hard = wm.encode(torch.randn(4, OBS)).detach()
-    soft = wm.expected_code(torch.randn(4, 15, 8))  # a planning latent: a blend of entries
-    for z in (hard, soft):
-        bias = wm.locality_bias(z).detach()
-        for n in range(4):
-            for g in range(8):
-                c = z.view(4, 8, 2)[n, g]
-                want = torch.stack([-beta[g] * ((wm.codebook[k] - c) ** 2).sum() for k in range(15)])
-                # equal up to a constant per group (‖c‖², which no softmax sees)
-                torch.testing.assert_close(bias[n, :, g] - bias[n, :, g].mean(), want - want.mean())
-    # it is added to the MLP's logits; off (None, the paper's) there is no parameter and no bias
-    a = torch.rand(4, ACT)
-    plain = wm.dynamics(torch.cat([hard, a], -1)).view(4, 15, 8)
-    torch.testing.assert_close(wm.next_logits(hard, a), plain + wm.locality_bias(hard))
-    off = DCWorldModel(OBS, ACT, small_cfg())
-    assert off.locality_raw is None and not any("locality" in k for k in off.state_dict())
-
-
-def test_code_locality_predicts_no_change_before_learning_and_is_learned():
-    torch.manual_seed(0)
-    wm = DCWorldModel(OBS, ACT, small_cfg(code_locality=4.0, plan_code="mode"))
-    with torch.no_grad():  # silence the MLP: the prior alone decides
-        wm.dynamics[-1].weight.zero_()
-        wm.dynamics[-1].bias.zero_()
-    z, a = wm.encode(torch.randn(32, OBS)), torch.rand(32, ACT) * 2 - 1
-    assert torch.equal(wm.next(z, a), z)  # the most likely next code of every group is its current code
-    p_same = torch.softmax(wm.next_logits(z, a), 1).gather(1, wm.code_indices(z).unsqueeze(1))
-    assert p_same.min() > 0.5  # β0 = 4: the nearest other codes are 0.25 and 1 away (squared)
-    # β is a parameter of the world-model loss: its gradient is non-zero
-    loss, _ = wm.loss(random_batch())
-    loss.backward()
-    assert wm.locality_raw.grad is not None and wm.locality_raw.grad.abs().sum() > 0
-
-
 def test_gumbel_st_forward_is_one_hot_with_soft_gradient():
     torch.manual_seed(0)
     logits = torch.randn(64, 15, 8, requires_grad=True)
@@ -271,9 +212,6 @@ def test_loss_needs_long_enough_windows():
         ("latent_groups", 0),
         ("rho", 0.0),
         ("gumbel_tau", 0.0),
-        ("plan_code", "argmax"),
-        ("code_locality", 0.0),
-        ("code_locality", -1.0),
         ("reward_bound", [2.0, 0.0]),
         ("reward_bound", [1.0]),
         ("dyn_mlp_dims", [0]),
