@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from agents.common import Agent
-from common.config import build_config
+from common.config import build_config, load_by_path
 
 
 def _iqrl():
@@ -50,12 +49,7 @@ def agent_classes(name: str) -> tuple[type, type]:
     if name in AGENTS:
         return AGENTS[name]()
     if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            agent_cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"agent.name={name!r}: cannot load {attr!r} from {module!r} ({e})") from e
-        return agent_cls, agent_cls.Config
+        return load_by_path(name, "agent.name")
     raise ValueError(f"unknown agent {name!r}; valid agents: {sorted(AGENTS)} or 'module:Class'")
 
 

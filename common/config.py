@@ -8,6 +8,7 @@ tree from the composed YAML and names the full key path of anything wrong in it.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -69,3 +70,14 @@ def dims_ok(dims: list[int]) -> bool:
 def reward_bound_ok(bound: list[float] | None) -> bool:
     """``None`` (unbounded) or ``[lo, hi]`` with ``lo < hi``."""
     return bound is None or (len(bound) == 2 and float(bound[0]) < float(bound[1]))
+
+
+def load_by_path(path: str, key: str) -> tuple[type, type]:
+    """``(class, its config class)`` for ``path = "package.module:Class"`` (the config class is ``Class.Config``):
+    how a config names a world model or agent defined outside the registries (e.g. under ``experiments/``)."""
+    module, _, attr = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+        return cls, cls.Config
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{key}={path!r}: cannot load {attr!r} with a Config attribute from {module!r} ({e})") from e

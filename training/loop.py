@@ -94,8 +94,12 @@ class TrainingLoop:
         progress_bar: bool,
         eval_initial: bool = False,
         diagnostics_samples: int = 0,
+        header: str = "",
+        title: str = "",
     ) -> None:
         self.agent = agent
+        self.header = header  # the run's header, printed at the start
+        self.title = title  # title of the learning-curve plot
         self.run_dir = Path(run_dir)
         self.seed = int(seed)
         self.steps = int(steps)
@@ -120,15 +124,6 @@ class TrainingLoop:
         """The part's loop from the composed config (``state``: the checkpoint's, when resuming), its run directory
         ``cfg.run_dir``. Setup problems raise ``ValueError`` (or :class:`training.checkpoint.CheckpointError`); may
         complete ``cfg`` (e.g. settings resolved from the data) before it is saved."""
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        """The run's one-line header (printed at the start)."""
-        raise NotImplementedError
-
-    @property
-    def title(self) -> str:
-        """Title of the learning-curve plot."""
         raise NotImplementedError
 
     def advance(self) -> None:
@@ -296,7 +291,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any] | None:
         loop.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         if ckpt is None:
             (run_dir / "config.yaml").write_text(loop.config_yaml)
-        print(loop.describe())
+        print(loop.header)
         loop.logger = build_logger(cfg, run_dir, ckpt.step if ckpt is not None else None, loop.title)
         try:
             if ckpt is not None:

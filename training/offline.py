@@ -450,13 +450,14 @@ class OfflineTrainer(TrainingLoop):
             checkpoint_every=cfg.checkpoint_every,
             keep_checkpoints=cfg.keep_checkpoints,
             progress_bar=cfg.progress_bar,
+            header=header,
+            title=title,
             eval_initial=cfg.eval_initial,
         )
         self.cfg = cfg
         self.sampler = sampler
         self.eval_envs = eval_envs
         self.eval_groups = eval_groups
-        self._header, self._title = header, title
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
         self._t0, self._n_block = time.perf_counter(), 0
@@ -532,13 +533,6 @@ class OfflineTrainer(TrainingLoop):
             header=header,
             title=title,
         )
-
-    def describe(self) -> str:
-        return self._header
-
-    @property
-    def title(self) -> str:
-        return self._title
 
     def close(self) -> None:
         for env in self.eval_envs.values():

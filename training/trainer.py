@@ -101,6 +101,8 @@ class Trainer(TrainingLoop):
             checkpoint_every=cfg.checkpoint_every,
             keep_checkpoints=cfg.keep_checkpoints,
             progress_bar=cfg.progress_bar,
+            header=header,
+            title=title,
             diagnostics_samples=cfg.diagnostics_samples,
         )
         self.cfg = cfg
@@ -109,7 +111,6 @@ class Trainer(TrainingLoop):
         self.buffer = buffer
         self.logger = logger
         self.config_yaml = config_yaml
-        self._header, self._title = header, title
         self.action_repeat = int(env.config.action_repeat) if hasattr(env, "config") else 1
         self.action_dim = int(np.prod(env.action_space.shape))
         self.episode = 0
@@ -157,13 +158,6 @@ class Trainer(TrainingLoop):
             header=header,
             title=title,
         )
-
-    def describe(self) -> str:
-        return self._header
-
-    @property
-    def title(self) -> str:
-        return self._title
 
     def close(self) -> None:
         self.env.close()

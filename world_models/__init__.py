@@ -7,11 +7,10 @@ form ``package.module:Class`` loads a model from any importable module (its conf
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from common.config import build_config
+from common.config import build_config, load_by_path
 from world_models.base import MemorylessWorldModel, WorldModel
 
 __all__ = [
@@ -72,12 +71,7 @@ def _lookup(name: str) -> tuple[type, type]:
     if name in _REGISTRY:
         return _REGISTRY[name]()
     if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            model_cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"world_model.name={name!r}: cannot load {attr!r} from {module!r} ({e})") from e
-        return model_cls, model_cls.Config
+        return load_by_path(name, "world_model.name")
     raise ValueError(f"unknown world model {name!r}; valid world models: {world_model_names()} or 'module:Class'")
 
 
