@@ -141,7 +141,7 @@ class SamplingConfig:
         context_source: ``behaviour`` (a slot is one (task, behaviour policy) group) or ``task`` (all of the task).
     """
 
-    tasks_per_batch: int = 8
+    tasks_per_batch: int = 16
     contexts_per_task: int = 2
     context_size: int = 64
     context_source: str = "behaviour"
