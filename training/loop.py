@@ -83,20 +83,21 @@ class TrainingLoop:
 
     def __init__(
         self,
+        schedule: Any,
         *,
         agent: Agent,
         run_dir: str | Path,
         seed: int,
-        steps: int,
-        eval_every: int,
-        checkpoint_every: int,
-        keep_checkpoints: int,
-        progress_bar: bool,
         eval_initial: bool = False,
         diagnostics_samples: int = 0,
         header: str = "",
         title: str = "",
     ) -> None:
+        """``schedule``: the part's validated config; the loop reads its ``steps``, ``eval_every``,
+        ``checkpoint_every``, ``keep_checkpoints`` and ``progress_bar``."""
+        steps, eval_every = schedule.steps, schedule.eval_every
+        checkpoint_every, keep_checkpoints = schedule.checkpoint_every, schedule.keep_checkpoints
+        progress_bar = schedule.progress_bar
         self.agent = agent
         self.header = header  # the run's header, printed at the start
         self.title = title  # title of the learning-curve plot

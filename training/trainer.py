@@ -93,14 +93,10 @@ class Trainer(TrainingLoop):
         title: str = "",
     ) -> None:
         super().__init__(
+            cfg,
             agent=agent,
             run_dir=run_dir,
             seed=seed,
-            steps=cfg.steps,
-            eval_every=cfg.eval_every,
-            checkpoint_every=cfg.checkpoint_every,
-            keep_checkpoints=cfg.keep_checkpoints,
-            progress_bar=cfg.progress_bar,
             header=header,
             title=title,
             diagnostics_samples=cfg.diagnostics_samples,
