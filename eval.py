@@ -65,21 +65,31 @@ def run(cfg: DictConfig) -> dict:
                 step=ckpt.step,
                 video_path=video,
             )
-            results.append((res["returns"][0], res.get("successes", [None])[0], res["episode_length"], video))
+            unc = res.get("plan_uncertainty")
+            results.append((res["returns"][0], res.get("successes", [None])[0], res["episode_length"], unc, video))
     finally:
         env.close()
     changed = f" | agent settings changed: {OmegaConf.to_container(cfg.agent)}" if cfg.agent else ""
     header = f"{saved.agent.name} on {saved.env} | checkpoint {ckpt.path} (env step {ckpt.step}) | device {device}"
     print(f"\n{header}{changed}")
-    has_success = results[0][1] is not None
-    print(f"{'episode':>7} {'return':>10} {'length':>7}" + (f" {'success':>8}" if has_success else "") + "  video")
-    for i, (ret, succ, length, video) in enumerate(results):
+    has_success, has_unc = results[0][1] is not None, results[0][3] is not None
+    print(
+        f"{'episode':>7} {'return':>10} {'length':>7}"
+        + (f" {'success':>8}" if has_success else "")
+        + (f" {'plan_uncertainty':>16}" if has_unc else "")
+        + "  video"
+    )
+    for i, (ret, succ, length, unc, video) in enumerate(results):
         line = f"{i:>7} {ret:>10.1f} {int(length):>7}"
         if has_success:
             line += f" {succ:>8.0f}"
+        if has_unc:
+            line += f" {unc:>16.4g}"
         print(line + f"  {video or '-'}")
     rets = np.array([r[0] for r in results])
     summary = {"return_mean": float(rets.mean()), "return_std": float(rets.std())}
+    if has_unc:
+        summary["plan_uncertainty"] = float(np.mean([r[3] for r in results]))
     line = f"{'mean':>7} {summary['return_mean']:>10.1f} ± {summary['return_std']:.1f}"
     if has_success:
         summary["success_rate"] = float(np.mean([r[1] for r in results]))

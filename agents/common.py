@@ -27,7 +27,8 @@ class Agent(Protocol):
 
     Per episode: ``begin_episode``, then ``act`` -> env step -> ``observe(reward)`` for every decision.
     The loop reads nothing else of an agent: ``batch_size`` and ``sample_horizon`` shape the batches it
-    draws, ``num_params()`` and ``diagnostics(obs)`` go to the logs, ``state_dict()`` to checkpoints.
+    draws, ``num_params()``, ``diagnostics(obs)`` and ``act_info()`` go to the logs, ``state_dict()`` to
+    checkpoints.
     """
 
     sample_horizon: int  # transitions per sampled window that ``update`` needs
@@ -43,6 +44,10 @@ class Agent(Protocol):
 
     def observe(self, reward: float) -> None:
         """The reward of the step just taken with ``act``'s action (agents with an online context use it)."""
+
+    def act_info(self) -> dict[str, float]:
+        """Scalars the latest ``act`` measured (e.g. ``plan_uncertainty``); evaluation averages them per episode."""
+        ...
 
     def update(self, batch: TensorDict) -> dict[str, float]: ...
 

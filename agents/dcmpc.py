@@ -11,8 +11,10 @@
 
       J = Σ_{h<H} ρ^h R(z_h, a_h) + ρ^H · mean_{k∈M} Q_k(z_H, π(z_H)) (+ κ Σ_{h<H} ρ^h u(z_h, a_h))
 
-  with ``M`` = 2 random online critics of 5 and ``u`` the world model's ``uncertainty`` (κ =
-  ``planner.uncertainty_coef``, 0 by default). The latent of the current observation comes from the world
+  with ``M`` = 2 random online critics of 5 and ``u`` the world model's ``uncertainty``: κ = +``planner.optimism``
+  in training, −``planner.caution`` in evaluation (0 by default). With ``planner.prior_fallback`` an evaluation
+  step acts with π when π's own rollout is less uncertain than the plan. Evaluation reports the mean ``u`` along
+  each executed plan (:meth:`DCMPCAgent.act_info`). The latent of the current observation comes from the world
   model's ``observe``, whose state (a filter's belief) is carried across an episode. During training the
   executed action gets exploration noise ``N(0, σ_t²)``, ``σ_t`` linear 1.0 -> 0.1 over
   ``exploration.episodes`` episodes; every policy-prior trajectory in the planner carries its own σ_t noise.
@@ -30,7 +32,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from agents.common import ExplorationConfig, OptimConfig, optimizer_step
-from agents.planning import MPPIConfig, MPPIPlanner
+from agents.planning import MPPIConfig, MPPIPlanner, rollout_uncertainty
 from agents.td3 import TD3, ActorCriticConfig, LatentTD3Agent, nstep_targets
 from common.config import check_fields
 from world_models import WorldModel, make_world_model, world_model_config
@@ -92,6 +94,10 @@ class DCMPCPlanningModel:
     def uncertainty(self, z: Tensor, a: Tensor) -> Tensor:
         return self.wm.uncertainty(z, a)
 
+    def next_and_uncertainty(self, z: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+        both = getattr(self.wm, "next_and_uncertainty", None)
+        return both(z, a) if both is not None else (self.wm.next(z, a), self.wm.uncertainty(z, a))
+
     def value(self, z: Tensor) -> Tensor:
         return self.td3.q_mean_random(z, self.td3.pi(z))
 
@@ -119,15 +125,18 @@ class DCMPCAgent(LatentTD3Agent):
         )
         self.planner = MPPIPlanner(cfg.planner, action_dim, self.device)
         self.planning_model = DCMPCPlanningModel(self.wm, self.td3)
-        if cfg.planner.uncertainty_coef != 0:
-            probe = self.wm.uncertainty(
-                torch.zeros(1, self.wm.latent_dim, device=self.device), torch.zeros(1, action_dim, device=self.device)
+        probe = self.wm.uncertainty(
+            torch.zeros(1, self.wm.latent_dim, device=self.device), torch.zeros(1, action_dim, device=self.device)
+        )
+        self.has_uncertainty = probe is not None
+        if cfg.planner.uses_uncertainty and not self.has_uncertainty:
+            used = {k: getattr(cfg.planner, k) for k in ("optimism", "caution", "prior_fallback")}
+            raise ValueError(
+                f"agent.planner settings {used} need a world model with an uncertainty estimate; "
+                f"world_model={cfg.world_model.name!r} reports none (set world_model.uncertainty.estimator for "
+                "dcwm, or turn them off)"
             )
-            if probe is None:
-                raise ValueError(
-                    f"agent.planner.uncertainty_coef={cfg.planner.uncertainty_coef} needs a world model with an "
-                    f"uncertainty estimate; world_model={cfg.world_model.name!r} has none (set it to 0)"
-                )
+        self._act_info: dict[str, float] = {}
         if cfg.compile_planner:
             # The rollout (H model steps on (S+P) rows) is where planning time goes; plan() itself has
             # data-dependent control flow and stays eager.
@@ -155,9 +164,36 @@ class DCMPCAgent(LatentTD3Agent):
             # Prior trajectories carry σ_t noise in training and evaluation alike: it keeps them distinct.
             self.planning_model.prior_std = std
             a = self.planner.plan(z, self.planning_model, eval_mode=eval_mode)
+            if eval_mode and self.has_uncertainty:
+                a = self._check_plan_uncertainty(z, a)
         if not eval_mode:
             a = self.td3.add_exploration_noise(a, std)
         return a[0].cpu().numpy()
+
+    def _check_plan_uncertainty(self, z: Tensor, a: Tensor) -> Tensor:
+        """Record the mean uncertainty along the executed plan; with ``prior_fallback``, act with π instead when
+        π's noise-free rollout is less uncertain than the plan."""
+        u_plan = float(rollout_uncertainty(z, self.planner.last_plan, self.planning_model).mean())
+        info = {"plan_uncertainty": u_plan}
+        if self.cfg.planner.prior_fallback:
+            prior_plan, zh = [], z
+            for h in range(self.cfg.planner.horizon):
+                prior_plan.append(self.td3.pi(zh))
+                if h < self.cfg.planner.horizon - 1:
+                    zh = self.wm.next(zh, prior_plan[-1])
+            u_prior = float(rollout_uncertainty(z, torch.stack(prior_plan, 1), self.planning_model).mean())
+            use_prior = u_prior < u_plan
+            info = {"plan_uncertainty": min(u_plan, u_prior), "prior_fallback": float(use_prior)}
+            if use_prior:
+                a = prior_plan[0]
+        self._act_info = info
+        return a
+
+    def act_info(self) -> dict[str, float]:
+        """What the latest evaluation ``act`` measured: ``plan_uncertainty`` (mean world-model uncertainty along
+        the executed plan) and, with ``prior_fallback``, whether it acted with π (1) or the plan (0). Empty
+        when the world model has no estimate or the agent acts with π alone."""
+        return dict(self._act_info)
 
     def update(self, batch: TensorDict) -> dict[str, float]:
         """One world-model step, then one TD3 step on the updated model's detached latents."""

@@ -512,6 +512,9 @@ class MetaRLAgent:
     def begin_episode(self, episode: int) -> None:
         self.episode = episode
 
+    def act_info(self) -> dict[str, float]:
+        return {}
+
     def observe(self, reward: float) -> None:
         """The task representation is set from a context by :meth:`set_task` (training.offline.evaluate_meta)."""
 

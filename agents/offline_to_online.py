@@ -319,6 +319,9 @@ class OfflineToOnlineAgent:
         self._pending = (s, a[0], s.new_zeros(()))  # the reward arrives with observe
         return a[0].cpu().numpy()
 
+    def act_info(self) -> dict[str, float]:
+        return {}
+
     def observe(self, reward: float) -> None:
         if self._pending is not None:
             s, a, _ = self._pending

@@ -13,8 +13,10 @@ For each of ``B`` independent environments, given the latent ``z`` of the curren
 
        J = Σ_{h<H} ρ^h r̂(z_h, a_h) + ρ^H V(z_H) + κ · U,   U = Σ_{h<H} ρ^h u(z_h, a_h),
 
-   with ``z_0 = z``, ``z_{h+1} = f(z_h, a_h)``, ``ρ = discount``, ``κ = uncertainty_coef`` (the ``U``
-   term, and the call to ``model.uncertainty``, only when ``κ ≠ 0``). Keep the ``K = num_elites``
+   with ``z_0 = z``, ``z_{h+1} = f(z_h, a_h)``, ``ρ = discount`` and ``u`` the model's uncertainty of a step.
+   ``κ = +optimism`` when planning for training (a bonus: seek what the model does not know) and
+   ``κ = −caution`` when planning for evaluation (a penalty: avoid it); the ``U`` term, and the call to
+   ``model.uncertainty``, only when ``κ ≠ 0``. Keep the ``K = num_elites``
    best, with scores ``s_k = exp(τ (J_k − max_k J_k)) / Σ_k exp(τ (J_k − max_k J_k))``, ``τ = temperature``,
    and refit
 
@@ -23,7 +25,8 @@ For each of ``B`` independent environments, given the latent ``z`` of the curren
    At the first iteration ``σ = max_std`` and ``μ`` is the previous plan's final mean shifted one
    step forward with a zero last step (warm start), or zeros at the start of an episode.
 3. **Action.** The final ``μ`` is stored for the next warm start. The returned action is the first
-   action of one elite drawn with probability ``s_k`` (as in DC-MPC and TD-MPC2).
+   action of one elite drawn with probability ``s_k`` (as in DC-MPC and TD-MPC2); that elite's whole
+   sequence is kept as :attr:`MPPIPlanner.last_plan`.
 
 The planner adds no exploration noise; the agent does (DC-MPC: N(0, σ_t²) on a schedule;
 TD-MPC2: N(0, σ²) with the planner's final std, available as :attr:`MPPIPlanner.last_std`).
@@ -31,13 +34,14 @@ TD-MPC2: N(0, σ²) with the planner's final std, available as :attr:`MPPIPlanne
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["MPPIConfig", "MPPIPlanner", "PlanningModel", "UncertaintyModel"]
+__all__ = ["MPPIConfig", "MPPIPlanner", "PlanningModel", "UncertaintyModel", "rollout_uncertainty"]
 
 
 @dataclass
@@ -55,8 +59,11 @@ class MPPIConfig:
         temperature: τ in the elite scores exp(τ (J − max J)).
         discount: ρ in J. 0.9 is the DC-MPC code's value (its fault 5: ρ is used where the paper
             writes γ); TD-MPC2 discounts with the agent's γ instead. Must lie in (0, 1].
-        uncertainty_coef: κ in J ← J + κ·U, U the discounted sum of ``model.uncertainty`` along the
-            trajectory; positive = optimism bonus, negative = penalty, 0 = off (not called).
+        optimism: β >= 0; training plans score ``J + β·U`` (U the discounted sum of ``model.uncertainty``
+            along the sequence). 0 = off.
+        caution: λ >= 0; evaluation plans score ``J − λ·U``. 0 = off.
+        prior_fallback: in evaluation, act with the policy prior when its (noise-free) rollout is less
+            uncertain than the executed plan (mean ``u`` over the horizon; the agent applies it).
     """
 
     horizon: int = 3
@@ -68,7 +75,9 @@ class MPPIConfig:
     max_std: float = 2.0
     temperature: float = 0.5
     discount: float = 0.9
-    uncertainty_coef: float = 0.0
+    optimism: float = 0.0
+    caution: float = 0.0
+    prior_fallback: bool = False
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -96,6 +105,17 @@ class MPPIConfig:
             raise ValueError(f"MPPIConfig.temperature must be > 0, got {self.temperature}")
         if not 0 < self.discount <= 1:
             raise ValueError(f"MPPIConfig.discount must lie in (0, 1], got {self.discount}")
+        for name in ("optimism", "caution"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(
+                    f"MPPIConfig.{name} must be >= 0 (its sign is fixed: a bonus in training, a penalty in "
+                    f"evaluation), got {getattr(self, name)}"
+                )
+
+    @property
+    def uses_uncertainty(self) -> bool:
+        """Whether any setting needs the model's uncertainty."""
+        return self.optimism > 0 or self.caution > 0 or self.prior_fallback
 
 
 class PlanningModel(Protocol):
@@ -124,11 +144,12 @@ class PlanningModel(Protocol):
 
 @runtime_checkable
 class UncertaintyModel(PlanningModel, Protocol):
-    """A :class:`PlanningModel` that also scores epistemic uncertainty, needed when
-    ``MPPIConfig.uncertainty_coef != 0``."""
+    """A :class:`PlanningModel` that also scores its uncertainty, needed when ``MPPIConfig.optimism`` or
+    ``caution`` is non-zero."""
 
     def uncertainty(self, z: Tensor, a: Tensor) -> Tensor:
-        """Per-row uncertainty ``[N]`` of the step ``(z, a)``."""
+        """Per-row uncertainty ``[N]`` of the step ``(z, a)``. A model may also define
+        ``next_and_uncertainty(z, a) -> (next, uncertainty)`` to compute both in one pass; the planner prefers it."""
         ...
 
 
@@ -153,6 +174,8 @@ class MPPIPlanner:
         self.action_dim = action_dim
         self.device = torch.device(device)
         self._prev_mean: dict[bool, Tensor | None] = {False: None, True: None}
+        # The elite sequence [B, H, A] whose first action the latest plan call returned.
+        self.last_plan: Tensor | None = None
         # First-step std [B, A] after the final iteration of the latest plan call (for TD-MPC2-style noise).
         self.last_std: Tensor | None = None
 
@@ -180,18 +203,11 @@ class MPPIPlanner:
         return mean
 
     # ------------------------------------------------------------------ evaluation
-    def estimate_value(self, z: Tensor, actions: Tensor, model: PlanningModel) -> Tensor:
+    def estimate_value(self, z: Tensor, actions: Tensor, model: PlanningModel, unc_coef: float = 0.0) -> Tensor:
         """Return J ``[N]`` for ``N`` action sequences ``actions [N, H, A]`` from latents ``z [N, ...]``:
-        ``J = Σ_{h<H} ρ^h r̂(z_h, a_h) + ρ^H V(z_H) (+ κ Σ_{h<H} ρ^h u(z_h, a_h))``."""
+        ``J = Σ_{h<H} ρ^h r̂(z_h, a_h) + ρ^H V(z_H) (+ κ Σ_{h<H} ρ^h u(z_h, a_h))``, ``κ = unc_coef``."""
         cfg = self.cfg
-        use_unc = cfg.uncertainty_coef != 0
-        unc_fn = getattr(model, "uncertainty", None) if use_unc else None
-        if use_unc and not callable(unc_fn):
-            raise TypeError(
-                f"MPPIConfig.uncertainty_coef={cfg.uncertainty_coef} needs a model with an "
-                f"uncertainty(z, a) -> [N] method; {type(model).__name__} has none "
-                "(set uncertainty_coef=0 or implement it)"
-            )
+        step = _uncertain_step(model) if unc_coef != 0 else None
         n = actions.shape[0]
         ret = torch.zeros(n, device=actions.device, dtype=actions.dtype)
         unc = torch.zeros_like(ret)
@@ -199,13 +215,15 @@ class MPPIPlanner:
         for h in range(cfg.horizon):
             a = actions[:, h]
             ret = ret + weight * _as_rows(model.reward(z, a), n, "reward")
-            if unc_fn is not None:
-                unc = unc + weight * _as_rows(unc_fn(z, a), n, "uncertainty")
-            z = model.next(z, a)
+            if step is not None:
+                z, u = step(z, a)
+                unc = unc + weight * _as_rows(u, n, "uncertainty")
+            else:
+                z = model.next(z, a)
             weight *= cfg.discount
         ret = ret + weight * _as_rows(model.value(z), n, "value")
-        if unc_fn is not None:
-            ret = ret + cfg.uncertainty_coef * unc
+        if step is not None:
+            ret = ret + unc_coef * unc
         return ret
 
     def _prior_trajectories(self, z: Tensor, model: PlanningModel, dtype: torch.dtype) -> Tensor:
@@ -243,6 +261,7 @@ class MPPIPlanner:
         if z.device.type != self.device.type:
             raise ValueError(f"z is on {z.device}, planner was built for {self.device}")
         dtype = z.dtype if z.is_floating_point() else torch.float32
+        unc_coef = -cfg.caution if eval_mode else cfg.optimism
         s = cfg.num_samples
         b, p, k = z.shape[0], cfg.num_pi_trajs, cfg.num_elites
         h_, a_ = cfg.horizon, self.action_dim
@@ -263,7 +282,7 @@ class MPPIPlanner:
             eps = torch.randn(b, s, h_, a_, device=z.device, dtype=dtype, generator=generator)
             actions[:, p:] = (mean.unsqueeze(1) + std.unsqueeze(1) * eps).clamp(-1.0, 1.0)
 
-            value = self.estimate_value(z_rows, actions.view(b * n_traj, h_, a_), model).view(b, n_traj)
+            value = self.estimate_value(z_rows, actions.view(b * n_traj, h_, a_), model, unc_coef).view(b, n_traj)
             finite = torch.isfinite(value)
             bad |= ~finite.any(dim=1)
             value = torch.where(finite, value, torch.full_like(value, -torch.inf))
@@ -286,8 +305,35 @@ class MPPIPlanner:
         self._prev_mean[eval_mode] = mean.clone()
         self.last_std = std[:, 0].clone()
         pick = torch.multinomial(score, 1, generator=generator)  # [B, 1]
-        action = torch.gather(elite_actions[:, :, 0], 1, pick[:, :, None].expand(b, 1, a_)).squeeze(1)
-        return action.clamp(-1.0, 1.0)
+        self.last_plan = torch.gather(elite_actions, 1, pick[:, :, None, None].expand(b, 1, h_, a_)).squeeze(1)
+        return self.last_plan[:, 0].clamp(-1.0, 1.0)
+
+
+def rollout_uncertainty(z: Tensor, actions: Tensor, model: PlanningModel) -> Tensor:
+    """Mean of ``model.uncertainty`` along ``actions [N, H, A]`` from ``z [N, ...]``:
+    ``(1/H) Σ_{h<H} u(z_h, a_h)``, ``z_{h+1} = f(z_h, a_h)``; shape ``[N]``."""
+    step = _uncertain_step(model)
+    n, horizon = actions.shape[0], actions.shape[1]
+    total = torch.zeros(n, device=actions.device, dtype=actions.dtype)
+    for h in range(horizon):
+        z, u = step(z, actions[:, h])
+        total = total + _as_rows(u, n, "uncertainty")
+    return total / horizon
+
+
+def _uncertain_step(model: PlanningModel) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(z, a) -> (next(z, a), uncertainty(z, a))``: the model's ``next_and_uncertainty`` when it has one (a
+    single pass where both read the same computation), else the two calls."""
+    both = getattr(model, "next_and_uncertainty", None)
+    if callable(both):
+        return both
+    fn = getattr(model, "uncertainty", None)
+    if not callable(fn):
+        raise TypeError(
+            f"planning with uncertainty (MPPIConfig.optimism, caution or prior_fallback) needs a model with an "
+            f"uncertainty(z, a) -> [N] method; {type(model).__name__} has none (turn them off or implement it)"
+        )
+    return lambda z, a: (model.next(z, a), fn(z, a))
 
 
 def _as_rows(x: Tensor, n: int, name: str) -> Tensor:

@@ -172,6 +172,9 @@ class LatentTD3Agent:
     def observe(self, reward: float) -> None:
         """No online context: rewards reach these agents through the replay buffer."""
 
+    def act_info(self) -> dict[str, float]:
+        return {}
+
     @torch.no_grad()
     def diagnostics(self, obs: Tensor) -> dict[str, float]:
         """The world model's representation statistics on a batch of observations."""

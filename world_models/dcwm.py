@@ -21,6 +21,7 @@ from common.nn import mlp
 from world_models.base import MemorylessWorldModel
 from world_models.diagnostics import collapse_metrics
 from world_models.quantizers import FSQ
+from world_models.uncertainty import EnsembleHeads, RewardSFR, UncertaintyConfig, categorical_entropy
 
 __all__ = ["DCWMConfig", "DCWorldModel", "gumbel_softmax_st"]
 
@@ -42,6 +43,8 @@ class DCWMConfig:
             by ``lo + (hi - lo)(tanh(x) + 1)/2``. DMC: ``[0, action_repeat]`` (per-step rewards lie in
             [0, 1] and are summed over the repeat), i.e. ``[0, 2]`` with the default repeat. The model
             does not know the suite, so Meta-World / gym tasks must set ``reward_bound: null``.
+        uncertainty: the estimator :meth:`DCWorldModel.uncertainty` reports (``entropy``, ``ensemble``, ``sfr``
+            or ``none``) and its sizes (:class:`world_models.uncertainty.UncertaintyConfig`).
     """
 
     name: str = "dcwm"
@@ -56,6 +59,7 @@ class DCWMConfig:
     reward_coef: float = 1.0
     gumbel_tau: float = 1.0
     reward_bound: list[float] | None = field(default_factory=lambda: [0.0, 2.0])
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
 
     def __post_init__(self) -> None:
         checks = {
@@ -119,6 +123,8 @@ class DCWorldModel(MemorylessWorldModel):
     * ``sample_next(z, a)`` (training) = straight-through Gumbel-softmax one-hot times the codebook:
       a codebook entry forward, the soft sample's gradient backward (through time, to the encoder).
     * ``reward(z, a) = R([z ‖ a])``, squashed into ``reward_bound`` when set.
+    * ``uncertainty(z, a)``: the configured estimator (:mod:`world_models.uncertainty`): the entropy of the
+      next-code distribution, the disagreement of an ensemble of heads, or the SFR std of the reward head.
 
     Loss on windows ``o_{0..H}``, ``a_{0..H-1}``, ``r_{0..H-1}`` (see :meth:`loss`)::
 
@@ -142,6 +148,17 @@ class DCWorldModel(MemorylessWorldModel):
         self.window_length = cfg.horizon
         bound = cfg.reward_bound
         self.reward_bound: tuple[float, float] | None = None if bound is None else (float(bound[0]), float(bound[1]))
+        # Estimator modules are built after the main ones (and only when used), so the main weights' init and
+        # the training stream are the same with the estimator off.
+        est = cfg.uncertainty.estimator
+        squash = None if self.reward_bound is None else self.squash_reward
+        ucfg, in_dim = cfg.uncertainty, self.latent_dim + action_dim
+        self.ensemble = None
+        self.reward_sfr = None
+        if est == "ensemble":
+            self.ensemble = EnsembleHeads(in_dim, self.latent_dim, ucfg, squash)
+        elif est == "sfr":
+            self.reward_sfr = RewardSFR(obs_dim, action_dim, self.reward_head, squash, ucfg)
 
     @property
     def codebook(self) -> Tensor:
@@ -194,10 +211,40 @@ class DCWorldModel(MemorylessWorldModel):
     def reward(self, z: Tensor, a: Tensor) -> Tensor:
         """Predicted reward ``[N]``; ``lo + (hi − lo)(tanh(x) + 1)/2`` when ``reward_bound = [lo, hi]``."""
         x = self.reward_head(torch.cat([z, a], -1)).squeeze(-1)
-        if self.reward_bound is None:
-            return x
+        return x if self.reward_bound is None else self.squash_reward(x)
+
+    def squash_reward(self, x: Tensor) -> Tensor:
+        """``lo + (hi − lo)(tanh(x) + 1)/2`` for ``reward_bound = [lo, hi]``."""
         lo, hi = self.reward_bound
         return lo + (hi - lo) * 0.5 * (torch.tanh(x) + 1.0)
+
+    def uncertainty(self, z: Tensor, a: Tensor) -> Tensor | None:
+        """The configured estimator's uncertainty ``[N]`` of the step ``(z, a)``; ``None`` when it is ``none``."""
+        parts = self.uncertainty_parts(z, a)
+        return None if not parts else sum(parts.values())
+
+    def uncertainty_parts(self, z: Tensor, a: Tensor) -> dict[str, Tensor]:
+        """The estimate split by what it is about: ``{"latent": [N], "reward": [N]}`` (only the parts the
+        estimator has; empty for ``none``). :meth:`uncertainty` is their sum."""
+        return self._uncertainty_parts(z, a, None)
+
+    def next_and_uncertainty(self, z: Tensor, a: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(next(z, a), uncertainty(z, a))`` with one dynamics pass (the entropy reads the same logits)."""
+        logits = self.next_logits(z, a)
+        parts = self._uncertainty_parts(z, a, logits)
+        return self.expected_code(logits), (sum(parts.values()) if parts else None)
+
+    def _uncertainty_parts(self, z: Tensor, a: Tensor, logits: Tensor | None) -> dict[str, Tensor]:
+        est = self.cfg.uncertainty.estimator
+        if est == "entropy":
+            logits = self.next_logits(z, a) if logits is None else logits
+            return {"latent": categorical_entropy(logits, dim=-2).mean(-1)}
+        if est == "ensemble":
+            z_std, r_std = self.ensemble.disagreement(torch.cat([z, a], -1))
+            return {"latent": z_std, "reward": r_std}
+        if est == "sfr":
+            return {"reward": self.reward_sfr.std(torch.cat([z, a], -1))}
+        return {}
 
     # ------------------------------------------------------------------ loss
     def loss(self, batch: TensorDict, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
@@ -215,8 +262,10 @@ class DCWorldModel(MemorylessWorldModel):
             raise ValueError(f"DCWM.loss needs windows of >= {H} transitions, got obs shape {tuple(obs.shape)}")
         with torch.no_grad():
             # Targets: the *online* encoder's code indices of the real next observations.
-            targets = self.code_indices(self.encode(obs[:, 1 : H + 1]))  # [B, H, G]
+            next_codes = self.encode(obs[:, 1 : H + 1])  # [B, H, G*C]
+            targets = self.code_indices(next_codes)  # [B, H, G]
         z = self.encode(obs[:, 0])
+        est_loss, est_metrics = self._estimator_step(z.detach(), next_codes, batch)
         total = obs.new_zeros(())
         ce_sum = obs.new_zeros(())
         rew_sum = obs.new_zeros(())
@@ -243,7 +292,27 @@ class DCWorldModel(MemorylessWorldModel):
             "reward_loss": (rew_sum / H).item(),
             "code_acc_h1": acc_first.item(),
         }
+        if est_loss is not None:
+            total = total + est_loss
+        metrics.update(est_metrics)
         return total, metrics
+
+    def _estimator_step(
+        self, z0: Tensor, next_codes: Tensor, batch: TensorDict
+    ) -> tuple[Tensor | None, dict[str, float]]:
+        """The estimator's share of a loss call on the window's real transitions ``h < H``: the ensemble's loss
+        (on detached latents, added to the total), or the SFR's memory write and dual update / rebuild."""
+        H = self.cfg.horizon
+        action, reward = batch["action"][:, :H], batch["reward"][:, :H]
+        if self.ensemble is not None:
+            z_real = torch.cat([z0.unsqueeze(1), next_codes[:, : H - 1]], 1)  # [B, H, G*C], no grad
+            x = torch.cat([z_real, action], -1).flatten(0, 1)
+            loss = self.ensemble.loss(x, next_codes.flatten(0, 1), reward.flatten())
+            return loss, {"ensemble_loss": loss.item()}
+        if self.reward_sfr is not None:
+            # One transition per window (h = 0): the memory stays a uniform sample of the replay data.
+            return None, self.reward_sfr.absorb(self.encode, batch["obs"][:, 0], action[:, 0], reward[:, 0])
+        return None, {}
 
     @torch.no_grad()
     def diagnostics(self, obs: Tensor) -> dict[str, float]:

@@ -85,8 +85,8 @@ def test_unknown_keys_and_names_list_the_valid_ones():
     iqrl = {"name": "iqrl", "latent_groups": 8, "enc_mlp_dims": [32], "dyn_mlp_dims": [32]}
     with pytest.raises(ValueError, match="predicts no reward"):
         DCMPCAgent(OBS, ACT, build_config(DCMPCConfig, {**TINY, "world_model": iqrl}, "agent"), torch.device("cpu"))
-    with pytest.raises(ValueError, match=r"agent.planner.uncertainty_coef=0.5 needs a world model with an uncertainty"):
-        tiny_agent(planner={"uncertainty_coef": 0.5})  # dcwm has no estimate (yet)
+    with pytest.raises(ValueError, match=r"agent.planner settings .*'optimism': 0.5.* need a world model with an unc"):
+        tiny_agent(planner={"optimism": 0.5})  # dcwm's default estimator is none
 
 
 def test_invalid_config_through_hydra_names_the_key():
@@ -104,7 +104,8 @@ def test_defaults_are_the_paper_values():
     assert (wm.name, wm.latent_groups, wm.fsq_levels, wm.horizon, wm.rho) == ("dcwm", 512, [5, 3], 5, 0.9)
     m = c.planner
     assert (m.horizon, m.iterations, m.num_samples, m.num_elites, m.num_pi_trajs) == (3, 6, 512, 64, 24)
-    assert (m.min_std, m.max_std, m.temperature, m.discount, m.uncertainty_coef) == (0.05, 2.0, 0.5, 0.9, 0.0)
+    assert (m.min_std, m.max_std, m.temperature, m.discount) == (0.05, 2.0, 0.5, 0.9)
+    assert (m.optimism, m.caution, m.prior_fallback, wm.uncertainty.estimator) == (0.0, 0.0, False, "none")
     ac, o = c.actor_critic, c.optim
     assert (ac.num_critics, ac.q_sample_size, ac.actor_update_freq, o.wm_lr, o.lr, o.batch_size) == (
         5, 2, 2, 1e-4, 3e-4, 512,

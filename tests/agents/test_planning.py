@@ -22,7 +22,7 @@ import math
 import pytest
 import torch
 
-from agents.planning import MPPIConfig, MPPIPlanner
+from agents.planning import MPPIConfig, MPPIPlanner, rollout_uncertainty
 
 C = 3.0  # action cost; large enough that horizon and terminal value visibly change the first action
 RHO = 0.9
@@ -431,12 +431,14 @@ def penalised_optimum(x0: float, coef: float) -> float:
     return a0.flatten()[total.argmax()].item()
 
 
-def test_uncertainty_penalty_shifts_action_away() -> None:
+def test_caution_in_evaluation_and_optimism_in_training_shift_the_action() -> None:
     x = torch.tensor([[-1.5]])  # a* = +0.59: exactly where the uncertainty is large
 
     def first_step(coef: float, act_tol: float = ACT_TOL) -> float:
-        """The final mean's first action; the executed elite's lies within the draw's scatter of it."""
-        a, mean = plan_and_mean(dataclasses.replace(PRECISE, uncertainty_coef=coef), x, UncertainLQModel())
+        """The final mean's first action for J + coef·U (caution in evaluation when coef < 0, optimism in
+        training when coef > 0); the executed elite's lies within the draw's scatter of it."""
+        cfg = dataclasses.replace(PRECISE, caution=max(-coef, 0.0), optimism=max(coef, 0.0))
+        a, mean = plan_and_mean(cfg, x, UncertainLQModel(), eval_mode=coef < 0)
         assert (a - mean).abs().max().item() < act_tol, (coef, a, mean)
         return mean.item()
 
@@ -450,25 +452,62 @@ def test_uncertainty_penalty_shifts_action_away() -> None:
     assert first_step(-1.0, 0.03) == pytest.approx(penalised_optimum(-1.5, -1.0), abs=0.03)
 
 
+def test_each_setting_applies_only_in_its_own_mode() -> None:
+    """Optimism only shapes training plans and caution only evaluation plans: in the other mode the plan is
+    exactly the plain planner's, and the uncertainty is never called."""
+    x = torch.tensor([[-1.5]])
+
+    class Counting(UncertainLQModel):
+        calls = 0
+
+        def uncertainty(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            Counting.calls += 1
+            return super().uncertainty(z, a)
+
+    for cfg, eval_mode in (
+        (dataclasses.replace(PRECISE, optimism=0.5), True),
+        (dataclasses.replace(PRECISE, caution=2.0), False),
+    ):
+        got = plan_and_mean(cfg, x, Counting(), eval_mode=eval_mode)
+        plain = plan_and_mean(PRECISE, x, UncertainLQModel(), eval_mode=eval_mode)
+        assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1])
+    assert Counting.calls == 0
+
+
+@pytest.mark.parametrize("key", ["optimism", "caution"])
+def test_negative_coefficients_are_refused_naming_the_key(key: str) -> None:
+    with pytest.raises(ValueError, match=rf"MPPIConfig.{key} must be >= 0"):
+        MPPIConfig(**{key: -0.1})
+
+
 def test_uncertainty_needs_the_method_and_is_skipped_when_off() -> None:
     x = states()
     with pytest.raises(TypeError, match="uncertainty"):
-        plan(MPPIConfig(uncertainty_coef=-1.0), x, LQModel())
+        plan(MPPIConfig(caution=1.0), x, LQModel(), eval_mode=True)
 
     class Exploding(LQModel):
         def uncertainty(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-            raise AssertionError("uncertainty must not be called when uncertainty_coef == 0")
+            raise AssertionError("uncertainty must not be called when optimism == caution == 0")
 
     plan(MPPIConfig(iterations=1), x, Exploding())
+    plan(MPPIConfig(iterations=1), x, Exploding(), eval_mode=True)
+
+
+def test_rollout_uncertainty_is_the_mean_along_the_plan() -> None:
+    model = UncertainLQModel()
+    z = torch.tensor([[1.0], [-2.0]])
+    acts = torch.tensor([[[0.5], [-1.0], [0.2]], [[0.25], [0.75], [-0.5]]])
+    want = [sum(5.0 * max(acts[i, h, 0].item(), 0.0) for h in range(3)) / 3 for i in range(2)]
+    torch.testing.assert_close(rollout_uncertainty(z, acts, model), torch.tensor(want))
 
 
 def test_estimate_value_formula() -> None:
-    cfg = MPPIConfig(horizon=2, discount=0.5, uncertainty_coef=-2.0)
+    cfg = MPPIConfig(horizon=2, discount=0.5, caution=2.0)
     planner = MPPIPlanner(cfg, action_dim=1)
     z = torch.tensor([[1.0], [-2.0]])
     acts = torch.tensor([[[0.5], [-1.0]], [[0.25], [0.75]]])
     model = UncertainLQModel(c=1.0, p=3.0)
-    got = planner.estimate_value(z, acts, model)
+    got = planner.estimate_value(z, acts, model, unc_coef=-2.0)
     want = []
     for i in range(2):
         x, j, u = z[i, 0].item(), 0.0, 0.0

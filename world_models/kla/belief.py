@@ -20,11 +20,11 @@ probably is, the log variance how sure the filter is (it grows while observation
 On top of the belief, like DCWM: deterministic latent dynamics ``ẑ_{t+1} = g([z_t ‖ a_t])``, a reward head
 ``R([z_t ‖ a_t])`` (squashed into ``reward_bound`` when set) and an observation decoder ``D(z_t) ≈ o_t``.
 
-**Uncertainty** (``uncertainty(z, a)``, for ``MPPIConfig.uncertainty_coef``): the mean over lanes of the
+**Uncertainty** (``uncertainty(z, a)``, for the planner's ``optimism`` / ``caution``): the mean over lanes of the
 belief variance the model predicts after taking ``a`` and filtering the next observation,
 ``u(z, a) = mean_l exp(ĝ_logvar(z, a)_l)``. It is high where the next observations are expected to be
-uninformative (the encoder's precision is low there) and where the belief already was vague; a negative
-coefficient steers plans away from poorly observed states, a positive one towards them.
+uninformative (the encoder's precision is low there) and where the belief already was vague; caution
+steers evaluation plans away from poorly observed states, optimism steers training plans towards them.
 
 Training (:meth:`KLABeliefWorldModel.loss`) uses replay windows of ``burn_in + H`` transitions (windows never
 cross an episode boundary). The filter runs from the prior over the window; row ``b`` starts at a random

@@ -231,8 +231,8 @@ def test_checkpoint_round_trip_gives_identical_actions():
 
 def test_uncertainty_is_the_predicted_variance_and_enters_the_plan_score():
     torch.manual_seed(0)
-    agent = tiny_agent(planner={"uncertainty_coef": -0.5})
-    assert agent.planner.cfg.uncertainty_coef == -0.5
+    agent = tiny_agent(planner={"caution": 0.5})
+    assert agent.planner.cfg.caution == 0.5
     pm = agent.planning_model
     z, a = agent.wm.encode(torch.randn(4, OBS)), torch.rand(4, ACT) * 2 - 1
     with torch.no_grad():
@@ -241,8 +241,7 @@ def test_uncertainty_is_the_predicted_variance_and_enters_the_plan_score():
         assert u.shape == (4,) and (u > 0).all()
         acts = torch.rand(4, agent.cfg.planner.horizon, ACT) * 2 - 1
         torch.manual_seed(1)
-        with_u = agent.planner.estimate_value(z, acts, pm)
-        agent.planner.cfg.uncertainty_coef = 0.0
+        with_u = agent.planner.estimate_value(z, acts, pm, unc_coef=-0.5)
         torch.manual_seed(1)
         without = agent.planner.estimate_value(z, acts, pm)
         zh, total = z, torch.zeros(4)
@@ -250,9 +249,9 @@ def test_uncertainty_is_the_predicted_variance_and_enters_the_plan_score():
             total += agent.cfg.planner.discount**h * pm.uncertainty(zh, acts[:, h])
             zh = pm.next(zh, acts[:, h])
     torch.testing.assert_close(with_u - without, -0.5 * total)
-    agent.planner.cfg.uncertainty_coef = -0.5
     agent.begin_episode(0)
     assert np.abs(agent.act(np.zeros(OBS, np.float32), eval_mode=True, step=0)).max() <= 1
+    assert agent.act_info()["plan_uncertainty"] > 0  # evaluation reports it along the executed plan
 
 
 @pytest.mark.parametrize(
@@ -275,8 +274,8 @@ def test_invalid_config_raises_naming_the_field(field, value):
 
 
 def test_the_belief_model_supplies_the_planners_uncertainty():
-    agent = tiny_agent(planner={"uncertainty_coef": -1.0})
-    assert agent.planner.cfg.uncertainty_coef == -1.0
+    agent = tiny_agent(planner={"optimism": 1.0, "caution": 1.0})
+    assert agent.has_uncertainty and (agent.planner.cfg.optimism, agent.planner.cfg.caution) == (1.0, 1.0)
 
 
 def test_hydra_group_composes_for_dcmpc_and_iqrl():
