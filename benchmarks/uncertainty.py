@@ -272,7 +272,8 @@ def measure_run(run: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
                 row.update({f"rho_{split}_h{k}": rho for k, rho in zip(HORIZONS, rhos, strict=True)})
                 row[f"rho_{split}"] = float(np.nanmean(rhos)) if not all(np.isnan(rhos)) else float("nan")
             rows.append(row)
-        print(f"  {name}: {'trained in the run' if trained else f'fitted after the fact in {fit_s:.1f} s'}")
+        how = "no weights of its own" if name in ("entropy", "kla") else "trained in the run"
+        print(f"  {name}: {how if trained else f'fitted after the fact in {fit_s:.1f} s'}")
     obs = np.asarray(off_data["obs"][0])
     ms = plan_times(agents, obs, args.plan_acts, args.plan_rounds)
     for row in rows:
