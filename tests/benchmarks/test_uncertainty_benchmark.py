@@ -48,7 +48,7 @@ def test_benchmark_on_a_tiny_run(tmp_path):
         "agent.planner.num_elites=8",
         "agent.planner.num_pi_trajs=4",
         "agent.planner.iterations=2",
-        "trainer.steps=2000",
+        "trainer.steps=1200",
         "trainer.seed_steps=400",
     ]
     run = tmp_path / "run"

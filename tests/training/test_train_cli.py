@@ -132,6 +132,23 @@ def test_bad_config_is_a_clear_error(tmp_path, override, message):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("world_model.uncertainty.estimator=ensembel", r"world_model.uncertainty: unknown estimator 'ensembel'"),
+        ("world_model.uncertainty.ensemble_size=1", r"world_model.uncertainty: .*ensemble_size"),
+        ("world_model.uncertainty.sfr_inducing=0", r"world_model.uncertainty: .*sfr_inducing"),
+        ("agent.planner.optimism=-1", r"agent.planner: .*optimism must be >= 0"),
+        ("agent.planner.caution=0.5", r"agent.planner settings .*caution.* need a world model with an uncertainty"),
+    ],
+)
+def test_bad_uncertainty_settings_stop_the_run_at_start_up(tmp_path, override, message):
+    res = run_script("train.py", [*TINY, "agent=dcmpc", override, f"run_dir={tmp_path / 'r'}"], timeout=120)
+    assert res.returncode != 0
+    assert "error:" in res.stderr and re.search(message, res.stderr), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_unknown_agent_lists_valid_ones(tmp_path):
     res = run_script("train.py", [*TINY, "agent=nope", f"run_dir={tmp_path / 'r'}"], timeout=120)
     assert res.returncode != 0
