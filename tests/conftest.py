@@ -39,6 +39,22 @@ TINY = [
 ]
 
 
+# DC-MPC at toy sizes (add agent=dcmpc): a planner run takes seconds.
+SMALL_PLANNER = [
+    "agent.size=small",
+    "world_model.latent_groups=8",
+    "world_model.enc_mlp_dims=[32]",
+    "world_model.dyn_mlp_dims=[32,32]",
+    "world_model.reward_mlp_dims=[32]",
+    "agent.actor_critic.mlp_dims=[32,32]",
+    "agent.optim.batch_size=16",
+    "agent.planner.num_samples=32",
+    "agent.planner.num_elites=8",
+    "agent.planner.num_pi_trajs=4",
+    "agent.planner.iterations=2",
+]
+
+
 def run_script(script: str, args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(

@@ -9,7 +9,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import SMALL_PLANNER, TINY
 
 import eval as eval_script
 import train as train_script
@@ -21,17 +21,7 @@ from training.setup import compose_config
 OBS, ACT = 5, 2
 SMALL = [
     "agent=dcmpc",
-    "agent.size=small",
-    "world_model.latent_groups=8",
-    "world_model.enc_mlp_dims=[32]",
-    "world_model.dyn_mlp_dims=[32,32]",
-    "world_model.reward_mlp_dims=[32]",
-    "agent.actor_critic.mlp_dims=[32,32]",
-    "agent.optim.batch_size=16",
-    "agent.planner.num_samples=32",
-    "agent.planner.num_elites=8",
-    "agent.planner.num_pi_trajs=4",
-    "agent.planner.iterations=2",
+    *SMALL_PLANNER,
     "trainer.steps=600",
     "trainer.seed_steps=200",
     "trainer.eval_every=200",

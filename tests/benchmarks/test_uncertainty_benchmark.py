@@ -8,7 +8,7 @@ import importlib.util
 
 import numpy as np
 import torch
-from conftest import ROOT, TINY
+from conftest import ROOT, SMALL_PLANNER, TINY
 
 import train as train_script
 from training.setup import compose_config
@@ -36,18 +36,8 @@ def test_windows_never_cross_an_episode():
 def test_benchmark_on_a_tiny_run(tmp_path):
     small = [
         "agent=dcmpc",
-        "agent.size=small",
-        "world_model.latent_groups=8",
-        "world_model.enc_mlp_dims=[32]",
-        "world_model.dyn_mlp_dims=[32,32]",
-        "world_model.reward_mlp_dims=[32]",
+        *SMALL_PLANNER,
         "world_model.uncertainty.sfr_inducing=16",
-        "agent.actor_critic.mlp_dims=[32,32]",
-        "agent.optim.batch_size=16",
-        "agent.planner.num_samples=32",
-        "agent.planner.num_elites=8",
-        "agent.planner.num_pi_trajs=4",
-        "agent.planner.iterations=2",
         "trainer.steps=1200",
         "trainer.seed_steps=400",
     ]

@@ -13,7 +13,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, SMALL_PLANNER, TINY, run_script
 
 import eval as eval_script
 import train as train_script
@@ -282,19 +282,6 @@ def test_eval_requires_checkpoint():
         eval_script.run(compose_config([], config_name="eval"))
 
 
-SMALL_PLANNER = [
-    "agent.size=small",
-    "world_model.latent_groups=8",
-    "world_model.enc_mlp_dims=[32]",
-    "world_model.dyn_mlp_dims=[32,32]",
-    "world_model.reward_mlp_dims=[32]",
-    "agent.actor_critic.mlp_dims=[32,32]",
-    "agent.optim.batch_size=16",
-    "agent.planner.num_samples=32",
-    "agent.planner.num_elites=8",
-    "agent.planner.num_pi_trajs=4",
-    "agent.planner.iterations=2",
-]
 SMALL_KLA = [
     "agent.size=small",
     "world_model=kla",
