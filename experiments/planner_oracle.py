@@ -23,14 +23,17 @@ if TYPE_CHECKING:
     from agents.dcmpc import DCMPCAgent, DCMPCPlanningModel
 
 
-def real_value_estimator(agent: DCMPCAgent, env: gym.Env) -> Callable[[Tensor, Tensor, DCMPCPlanningModel], Tensor]:
+def real_value_estimator(
+    agent: DCMPCAgent, env: gym.Env
+) -> Callable[[Tensor, Tensor, DCMPCPlanningModel, float], Tensor]:
     """A drop-in for ``MPPIPlanner.estimate_value`` that scores ``actions [N, H, A]`` in ``env``'s simulator
-    from its current state (restored after each sequence) and ends with ``model.value`` at the real code."""
+    from its current state (restored after each sequence) and ends with ``model.value`` at the real code. The
+    simulator's returns carry no model error, so a planner uncertainty term (``unc_coef``) is ignored."""
     dmc = env.unwrapped
     physics, repeat = dmc.dm_env.physics, int(env.config.action_repeat)
     cfg = agent.planner.cfg
 
-    def estimate(z: Tensor, actions: Tensor, model: DCMPCPlanningModel) -> Tensor:
+    def estimate(z: Tensor, actions: Tensor, model: DCMPCPlanningModel, unc_coef: float = 0.0) -> Tensor:
         state = physics.get_state().copy()
         acts = actions.detach().cpu().double().numpy()
         returns, last_obs = np.zeros(len(acts)), []

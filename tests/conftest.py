@@ -109,6 +109,9 @@ class UniformPolicy:
     def observe(self, reward: float) -> None:
         pass
 
+    def act_info(self) -> dict[str, float]:
+        return {}
+
 
 # The learning tests' run settings: evaluate only at the end (5 episodes), no checkpoints, videos or wandb.
 LEARNING_RUN = [

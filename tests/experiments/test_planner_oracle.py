@@ -50,3 +50,19 @@ def test_real_j_matches_an_independent_replay_and_restores_the_state():
             got = float(real_value_estimator(agent, env)(z[:1], actions[i : i + 1], agent.planning_model)[0])
         assert abs(got - want) < 1e-4, (i, got, want)
     assert j.shape == (4,) and torch.isfinite(j).all()
+
+
+def test_the_oracle_is_a_drop_in_for_the_planners_estimator():
+    """Planning with the oracle in place of the model rollout goes through ``MPPIPlanner.plan`` unchanged."""
+    cfg = compose_config(
+        ["env=dmc/reacher-easy", "agent=dcmpc", "agent.size=small", "device=cpu", "agent.planner.num_samples=8",
+         "agent.planner.num_pi_trajs=2", "agent.planner.num_elites=4", "agent.planner.iterations=1"]
+    )  # fmt: skip
+    env = build_env(cfg)
+    agent = build_agent(cfg, env, torch.device("cpu"))
+    agent.planner.estimate_value = real_value_estimator(agent, env)
+    obs, _ = env.reset(seed=3)
+    agent.begin_episode(0)
+    for eval_mode in (False, True):
+        a = agent.act(obs, eval_mode=eval_mode, step=0)
+        assert a.shape == (2,) and np.abs(a).max() <= 1
