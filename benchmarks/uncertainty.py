@@ -151,16 +151,20 @@ def estimators_for(cfg) -> list[str]:
 
 def agent_with(cfg, env, device, state: dict, estimator: str):
     """The run's agent rebuilt with ``estimator`` (planner optimism on so planning pays for it), its weights
-    loaded; the estimator's own weights come from the run when it trained them, else they stay to be fitted."""
+    loaded; the estimator's own weights come from the run when it trained them, else they stay to be fitted.
+
+    ``"none"`` is the plain planner, whatever the run trained with: no DCWM estimator, no uncertainty term. The
+    weights of an estimator the run trained but this agent lacks (an ensemble run measured for SFR) are left out.
+    """
     cfg = copy.deepcopy(cfg)
-    if estimator in ("entropy", "ensemble", "sfr"):
+    if estimator in ("entropy", "ensemble", "sfr") or (estimator == "none" and "uncertainty" in cfg.world_model):
         cfg.world_model.uncertainty.estimator = estimator
-    if estimator != "none":
-        cfg.agent.planner.optimism = 1.0
+    cfg.agent.planner.optimism = 0.0 if estimator == "none" else 1.0
+    cfg.agent.planner.caution, cfg.agent.planner.prior_fallback = 0.0, False
     agent = build_agent(cfg, env, device)
     missing, unexpected = agent.nets.load_state_dict(state["nets"], strict=False)
     own = ("wm.ensemble.", "wm.reward_sfr.")
-    if unexpected or any(not k.startswith(own) for k in missing):
+    if any(not k.startswith(own) for k in missing + unexpected):
         raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
     return agent, not missing
 

@@ -58,3 +58,25 @@ def test_benchmark_on_a_tiny_run(tmp_path):
             assert -1.0 <= r[key] <= 1.0, (r["estimator"], key, r[key])
         assert r["plan_ms"] > 0 and r["plan_ratio"] > 0
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_a_run_trained_with_an_estimator_is_measured_for_the_others_against_a_plain_planner():
+    cfg = compose_config(
+        [
+            *TINY,
+            "agent=dcmpc",
+            *SMALL_PLANNER,
+            "world_model.uncertainty.estimator=ensemble",
+            "agent.planner.optimism=1.0",
+            "agent.planner.caution=1.0",
+        ]
+    )
+    env, device = bench.build_env(cfg), torch.device("cpu")
+    state = {"nets": bench.build_agent(cfg, env, device).nets.state_dict()}
+    for estimator, trained in (("ensemble", True), ("entropy", True), ("sfr", False), ("none", True)):
+        agent, own = bench.agent_with(cfg, env, device, state, estimator)
+        assert own == trained, estimator
+        assert agent.cfg.planner.optimism == (0.0 if estimator == "none" else 1.0)
+        assert agent.cfg.planner.caution == 0.0
+        assert agent.wm.cfg.uncertainty.estimator == estimator
+        assert (agent.wm.ensemble is not None) == (estimator == "ensemble")
