@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
 
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.setup import build_agent, build_env, setup_process  # noqa: E402
+from world_models.uncertainty import ESTIMATORS  # noqa: E402
 
 HORIZONS = (1, 2, 3)
 FIELDS = ["estimator", "rho_in", "rho_off", "plan_ms", "target", "plan_ratio", "run"] + [
@@ -157,7 +158,7 @@ def agent_with(cfg, env, device, state: dict, estimator: str):
     weights of an estimator the run trained but this agent lacks (an ensemble run measured for SFR) are left out.
     """
     cfg = copy.deepcopy(cfg)
-    if estimator in ("entropy", "ensemble", "sfr") or (estimator == "none" and "uncertainty" in cfg.world_model):
+    if estimator in ESTIMATORS and "uncertainty" in cfg.world_model:  # DCWM; KLA's variance has no switch
         cfg.world_model.uncertainty.estimator = estimator
     cfg.agent.planner.optimism = 0.0 if estimator == "none" else 1.0
     cfg.agent.planner.caution, cfg.agent.planner.prior_fallback = 0.0, False
