@@ -52,15 +52,6 @@ def measure(agent_name: str, args: argparse.Namespace) -> dict:
         n += 1
     env_sps = n * repeat / (time.perf_counter() - t0)
 
-    # Act latency in training mode (planning agents plan here).
-    agent.begin_episode(100)
-    for _ in range(3):
-        agent.act(obs, eval_mode=False, step=0)
-    t0 = time.perf_counter()
-    for _ in range(args.acts):
-        agent.act(obs, eval_mode=False, step=0)
-    act_ms = (time.perf_counter() - t0) / args.acts * 1e3
-
     # Updates/s on real batches.
     bs, H = agent.batch_size, agent.sample_horizon
     for _ in range(2):
@@ -74,6 +65,16 @@ def measure(agent_name: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     ups = args.updates / (time.perf_counter() - t0)
+
+    # Act latency in training mode (planning agents plan here), after the updates: a model's uncertainty
+    # estimator (SFR's posterior, say) is fitted by then, as it is in training.
+    agent.begin_episode(100)
+    for _ in range(3):
+        agent.act(obs, eval_mode=False, step=0)
+    t0 = time.perf_counter()
+    for _ in range(args.acts):
+        agent.act(obs, eval_mode=False, step=0)
+    act_ms = (time.perf_counter() - t0) / args.acts * 1e3
     # Training-loop rate at UTD 1: one act + one update per decision, plus the env step.
     train_sps = repeat / (1 / (env_sps / repeat) + act_ms / 1e3 + 1 / ups)
     out = {
