@@ -34,7 +34,6 @@ TD-MPC2: N(0, σ²) with the planner's final std, available as :attr:`MPPIPlanne
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -148,8 +147,9 @@ class UncertaintyModel(PlanningModel, Protocol):
     ``caution`` is non-zero."""
 
     def uncertainty(self, z: Tensor, a: Tensor) -> Tensor:
-        """Per-row uncertainty ``[N]`` of the step ``(z, a)``. A model may also define
-        ``next_and_uncertainty(z, a) -> (next, uncertainty)`` to compute both in one pass; the planner prefers it."""
+        """Per-row uncertainty ``[N]`` of the step ``(z, a)``. The planner calls it once per rollout, on the
+        ``H·N`` rows of all its steps. A model may also define ``next_and_uncertainty(z, a) -> (next, u)`` to
+        compute both in one pass (the planner prefers it); ``u = None`` there leaves the step to that one call."""
         ...
 
 
@@ -207,23 +207,18 @@ class MPPIPlanner:
         """Return J ``[N]`` for ``N`` action sequences ``actions [N, H, A]`` from latents ``z [N, ...]``:
         ``J = Σ_{h<H} ρ^h r̂(z_h, a_h) + ρ^H V(z_H) (+ κ Σ_{h<H} ρ^h u(z_h, a_h))``, ``κ = unc_coef``."""
         cfg = self.cfg
-        step = _uncertain_step(model) if unc_coef != 0 else None
         n = actions.shape[0]
+        tally = _UncertaintyTally(model, n) if unc_coef != 0 else None
         ret = torch.zeros(n, device=actions.device, dtype=actions.dtype)
-        unc = torch.zeros_like(ret)
         weight = 1.0
         for h in range(cfg.horizon):
             a = actions[:, h]
             ret = ret + weight * _as_rows(model.reward(z, a), n, "reward")
-            if step is not None:
-                z, u = step(z, a)
-                unc = unc + weight * _as_rows(u, n, "uncertainty")
-            else:
-                z = model.next(z, a)
+            z = tally.step(z, a, weight) if tally is not None else model.next(z, a)
             weight *= cfg.discount
         ret = ret + weight * _as_rows(model.value(z), n, "value")
-        if step is not None:
-            ret = ret + unc_coef * unc
+        if tally is not None:
+            ret = ret + unc_coef * tally.total()
         return ret
 
     def _prior_trajectories(self, z: Tensor, model: PlanningModel, dtype: torch.dtype) -> Tensor:
@@ -312,28 +307,54 @@ class MPPIPlanner:
 def rollout_uncertainty(z: Tensor, actions: Tensor, model: PlanningModel) -> Tensor:
     """Mean of ``model.uncertainty`` along ``actions [N, H, A]`` from ``z [N, ...]``:
     ``(1/H) Σ_{h<H} u(z_h, a_h)``, ``z_{h+1} = f(z_h, a_h)``; shape ``[N]``."""
-    step = _uncertain_step(model)
     n, horizon = actions.shape[0], actions.shape[1]
-    total = torch.zeros(n, device=actions.device, dtype=actions.dtype)
+    tally = _UncertaintyTally(model, n)
     for h in range(horizon):
-        z, u = step(z, actions[:, h])
-        total = total + _as_rows(u, n, "uncertainty")
-    return total / horizon
+        z = tally.step(z, actions[:, h], 1.0)
+    return tally.total() / horizon
 
 
-def _uncertain_step(model: PlanningModel) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """``(z, a) -> (next(z, a), uncertainty(z, a))``: the model's ``next_and_uncertainty`` when it has one (a
-    single pass where both read the same computation), else the two calls."""
-    both = getattr(model, "next_and_uncertainty", None)
-    if callable(both):
-        return both
-    fn = getattr(model, "uncertainty", None)
-    if not callable(fn):
-        raise TypeError(
-            f"planning with uncertainty (MPPIConfig.optimism, caution or prior_fallback) needs a model with an "
-            f"uncertainty(z, a) -> [N] method; {type(model).__name__} has none (turn them off or implement it)"
-        )
-    return lambda z, a: (model.next(z, a), fn(z, a))
+class _UncertaintyTally:
+    """``Σ_h w_h u(z_h, a_h)`` over a rollout ``[N]``, stepping the model as it goes.
+
+    A step whose uncertainty the model's ``next_and_uncertainty`` gives (from the pass that predicts ``z_{h+1}``)
+    is added at once; the others are kept and scored together by one ``model.uncertainty`` call on their
+    ``H·N`` rows when :meth:`total` is read, so an estimator with a cost per call (SFR's backward pass, a
+    string of small kernels on a GPU) pays it once per rollout rather than once per step.
+    """
+
+    def __init__(self, model: PlanningModel, n: int) -> None:
+        self.uncertainty = getattr(model, "uncertainty", None)
+        if not callable(self.uncertainty):
+            raise TypeError(
+                f"planning with uncertainty (MPPIConfig.optimism, caution or prior_fallback) needs a model with an "
+                f"uncertainty(z, a) -> [N] method; {type(model).__name__} has none (turn them off or implement it)"
+            )
+        both = getattr(model, "next_and_uncertainty", None)
+        self.next_and_uncertainty = both if callable(both) else (lambda z, a: (model.next(z, a), None))
+        self.n = n
+        self.sum: Tensor | float = 0.0
+        self.later: list[tuple[float, Tensor, Tensor]] = []  # (w_h, z_h, a_h) left to the one call
+
+    def step(self, z: Tensor, a: Tensor, weight: float) -> Tensor:
+        """Count the step ``(z, a)`` with weight ``w``; return ``next(z, a)``."""
+        nxt, u = self.next_and_uncertainty(z, a)
+        if u is None:
+            self.later.append((weight, z, a))
+        else:
+            self.sum = self.sum + weight * _as_rows(u, self.n, "uncertainty")
+        return nxt
+
+    def total(self) -> Tensor:
+        if self.later:
+            weights, zs, acts = zip(*self.later)
+            u = _as_rows(self.uncertainty(torch.cat(zs), torch.cat(acts)), self.n * len(zs), "uncertainty")
+            w = torch.tensor(weights, device=u.device, dtype=u.dtype)
+            self.sum = self.sum + (w[:, None] * u.view(len(zs), self.n)).sum(0)
+            self.later = []
+        if isinstance(self.sum, float):
+            raise ValueError("no steps were counted")
+        return self.sum
 
 
 def _as_rows(x: Tensor, n: int, name: str) -> Tensor:

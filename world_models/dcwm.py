@@ -229,9 +229,12 @@ class DCWorldModel(MemorylessWorldModel):
         return self._uncertainty_parts(z, a, None)
 
     def next_and_uncertainty(self, z: Tensor, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(next(z, a), uncertainty(z, a))`` with one dynamics pass (the entropy reads the same logits)."""
+        """``(next(z, a), uncertainty(z, a))`` with one dynamics pass (the entropy reads the same logits).
+
+        SFR's uncertainty is left out (``None``): its backward pass costs about the same for any number of rows, so
+        the planner scores a whole rollout's steps with one :meth:`uncertainty` call instead."""
         logits = self.next_logits(z, a)
-        parts = self._uncertainty_parts(z, a, logits)
+        parts = {} if self.cfg.uncertainty.estimator == "sfr" else self._uncertainty_parts(z, a, logits)
         return self.expected_code(logits), (sum(parts.values()) if parts else None)
 
     def _uncertainty_parts(self, z: Tensor, a: Tensor, logits: Tensor | None) -> dict[str, Tensor]:

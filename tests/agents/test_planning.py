@@ -520,6 +520,38 @@ def test_estimate_value_formula() -> None:
     torch.testing.assert_close(got, torch.tensor(want))
 
 
+def test_a_model_with_uncertainty_alone_is_scored_once_per_rollout() -> None:
+    """Steps without a ``next_and_uncertainty`` value are scored by one ``uncertainty`` call on all H·N rows; the
+    value is the same as per-step scoring (the formula test above checks it against scalar arithmetic)."""
+
+    class Counting(UncertainLQModel):
+        def __init__(self) -> None:
+            super().__init__(c=1.0, p=3.0)
+            self.rows: list[int] = []
+
+        def uncertainty(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            self.rows.append(z.shape[0])
+            return super().uncertainty(z, a)
+
+    class PerStep(UncertainLQModel):
+        def next_and_uncertainty(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.next(z, a), UncertainLQModel.uncertainty(self, z, a)
+
+        def uncertainty(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("next_and_uncertainty gave every step's uncertainty")
+
+    planner = MPPIPlanner(MPPIConfig(horizon=4, discount=0.7, optimism=1.5), action_dim=1)
+    g = torch.Generator().manual_seed(0)
+    z, acts = torch.randn(5, 1, generator=g), torch.rand(5, 4, 1, generator=g) * 2 - 1
+    counting = Counting()
+    once = planner.estimate_value(z, acts, counting, unc_coef=1.5)
+    assert counting.rows == [4 * 5]
+    per_step = planner.estimate_value(z, acts, PerStep(c=1.0, p=3.0), unc_coef=1.5)
+    torch.testing.assert_close(once, per_step)
+    torch.testing.assert_close(rollout_uncertainty(z, acts, counting), rollout_uncertainty(z, acts, PerStep()))
+    assert counting.rows == [20, 20]
+
+
 # --------------------------------------------------------------------------- misc contract
 def test_bounds_shape_and_multi_dim_actions() -> None:
     class Linear:

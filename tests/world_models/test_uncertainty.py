@@ -170,6 +170,39 @@ def test_sfr_estimator_rebuilds_on_schedule_and_survives_a_checkpoint():
         assert torch.equal(clone.uncertainty(z, a), wm.uncertainty(z, a))
 
 
+@pytest.mark.parametrize("estimator", ["entropy", "ensemble", "sfr"])
+def test_planning_scores_equal_a_per_step_loop(estimator):
+    """The planner's uncertainty term ``Σ_h ρ^h u(z_h, a_h)`` on this model (SFR's steps scored in one call per
+    rollout, the others from the dynamics pass) equals a loop that calls ``uncertainty`` step by step."""
+    from agents.planning import MPPIConfig, MPPIPlanner
+
+    wm = make(estimator, sfr_inducing=16, sfr_memory=64, sfr_rebuild_every=3)
+    for i in range(4):
+        wm.loss(random_batch(seed=i))  # SFR absorbs data and is fitted
+
+    class Model:  # the world model's steps, a zero reward and value: J is the uncertainty term alone
+        next, uncertainty, next_and_uncertainty = wm.next, wm.uncertainty, wm.next_and_uncertainty
+
+        def reward(self, z, a):
+            return torch.zeros(z.shape[0])
+
+        def value(self, z):
+            return torch.zeros(z.shape[0])
+
+    horizon, rho = 3, 0.8
+    z, _ = inputs(wm, n=7)
+    acts = torch.rand(7, horizon, ACT, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        planner = MPPIPlanner(MPPIConfig(horizon=horizon, discount=rho, optimism=1.0), action_dim=ACT)
+        got = planner.estimate_value(z, acts, Model(), unc_coef=1.0)
+        want, zh = torch.zeros(7), z
+        for h in range(horizon):
+            want += rho**h * wm.uncertainty(zh, acts[:, h])
+            zh = wm.next(zh, acts[:, h])
+    assert (want > 0).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     "values, key",
     [
