@@ -208,8 +208,8 @@ class MPPIPlanner:
         ``J = Σ_{h<H} ρ^h r̂(z_h, a_h) + ρ^H V(z_H) (+ κ Σ_{h<H} ρ^h u(z_h, a_h))``, ``κ = unc_coef``."""
         cfg = self.cfg
         n = actions.shape[0]
-        tally = _UncertaintyTally(model, n) if unc_coef != 0 else None
         ret = torch.zeros(n, device=actions.device, dtype=actions.dtype)
+        tally = _UncertaintyTally(model, torch.zeros_like(ret)) if unc_coef != 0 else None
         weight = 1.0
         for h in range(cfg.horizon):
             a = actions[:, h]
@@ -308,14 +308,14 @@ def rollout_uncertainty(z: Tensor, actions: Tensor, model: PlanningModel) -> Ten
     """Mean of ``model.uncertainty`` along ``actions [N, H, A]`` from ``z [N, ...]``:
     ``(1/H) Σ_{h<H} u(z_h, a_h)``, ``z_{h+1} = f(z_h, a_h)``; shape ``[N]``."""
     n, horizon = actions.shape[0], actions.shape[1]
-    tally = _UncertaintyTally(model, n)
+    tally = _UncertaintyTally(model, torch.zeros(n, device=actions.device, dtype=actions.dtype))
     for h in range(horizon):
         z = tally.step(z, actions[:, h], 1.0)
     return tally.total() / horizon
 
 
 class _UncertaintyTally:
-    """``Σ_h w_h u(z_h, a_h)`` over a rollout ``[N]``, stepping the model as it goes.
+    """``Σ_h w_h u(z_h, a_h)`` over a rollout, added onto ``zeros [N]``, stepping the model as it goes.
 
     A step whose uncertainty the model's ``next_and_uncertainty`` gives (from the pass that predicts ``z_{h+1}``)
     is added at once; the others are kept and scored together by one ``model.uncertainty`` call on their
@@ -323,7 +323,7 @@ class _UncertaintyTally:
     string of small kernels on a GPU) pays it once per rollout rather than once per step.
     """
 
-    def __init__(self, model: PlanningModel, n: int) -> None:
+    def __init__(self, model: PlanningModel, zeros: Tensor) -> None:
         self.uncertainty = getattr(model, "uncertainty", None)
         if not callable(self.uncertainty):
             raise TypeError(
@@ -332,8 +332,8 @@ class _UncertaintyTally:
             )
         both = getattr(model, "next_and_uncertainty", None)
         self.next_and_uncertainty = both if callable(both) else (lambda z, a: (model.next(z, a), None))
-        self.n = n
-        self.sum: Tensor | float = 0.0
+        self.n = zeros.shape[0]
+        self.sum = zeros
         self.later: list[tuple[float, Tensor, Tensor]] = []  # (w_h, z_h, a_h) left to the one call
 
     def step(self, z: Tensor, a: Tensor, weight: float) -> Tensor:
@@ -352,8 +352,6 @@ class _UncertaintyTally:
             w = torch.tensor(weights, device=u.device, dtype=u.dtype)
             self.sum = self.sum + (w[:, None] * u.view(len(zs), self.n)).sum(0)
             self.later = []
-        if isinstance(self.sum, float):
-            raise ValueError("no steps were counted")
         return self.sum
 
 
